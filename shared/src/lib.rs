@@ -1,0 +1,19 @@
+//! What the Euglena-rs binaries must agree on.
+//!
+//! The gateway writes task records and publishes messages; the agent consumes them and moves the records
+//! forward; the metrics sidecar reads the queue. Everything those three must see identically lives here:
+//! the task record and its statuses ([`status`], [`task`]), the Redis key builders ([`keys`]), the Lua
+//! scripts that move a record atomically ([`store`]), the queue topology and message ([`queue`]), settings
+//! helpers ([`settings`]), telemetry ([`telemetry`]) and the shutdown signal ([`shutdown`]).
+
+pub mod keys;
+pub mod queue;
+pub mod settings;
+pub mod shutdown;
+pub mod status;
+pub mod store;
+pub mod task;
+pub mod telemetry;
+
+pub use keys::Keys;
+pub use status::{ShownStatus, Status};

@@ -1,0 +1,179 @@
+//! The RabbitMQ topology (SPEC section 4), declared identically by every service that touches it.
+//!
+//! `agent.mandates` is a durable quorum queue whose `x-delivery-limit` dead-letters a message that keeps
+//! failing into `agent.mandates.dlq` through the default exchange. RabbitMQ refuses a re-declaration with
+//! different arguments, so the arguments are built in exactly one place: [`Topology::queue_arguments`].
+
+use crate::task::TaskMessage;
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel};
+use uuid::Uuid;
+
+/// The default task queue name.
+pub const DEFAULT_QUEUE: &str = "agent.mandates";
+
+/// The AMQP header carrying the HTTP request id from the gateway to the agent's task span.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Names and limits of the task queue and its dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// The task queue.
+    pub queue: String,
+    /// Deliveries before RabbitMQ dead-letters a message.
+    pub max_deliveries: u32,
+}
+
+impl Topology {
+    /// The topology for `queue` with `max_deliveries`.
+    pub fn new(queue: impl Into<String>, max_deliveries: u32) -> Self {
+        Self {
+            queue: queue.into(),
+            max_deliveries,
+        }
+    }
+
+    /// `{queue}.dlq`.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    /// The task queue's arguments: quorum, delivery limit, dead-lettering to the DLQ.
+    pub fn queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(self.max_deliveries)),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(self.dead_letter_queue().into()),
+        );
+        args
+    }
+
+    /// Declares the DLQ and the task queue (idempotent).
+    ///
+    /// # Errors
+    /// The broker's error, e.g. `PRECONDITION_FAILED` when the queue exists with other arguments.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(
+                self.dead_letter_queue().as_str().into(),
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(self.queue.as_str().into(), durable, self.queue_arguments())
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes `message` persistently and `mandatory` to the task queue on `channel`, returning the
+    /// broker's confirm to await. `request_id` travels in the `x-request-id` header.
+    ///
+    /// # Errors
+    /// When the channel cannot send (closed, broker gone).
+    pub async fn publish(
+        &self,
+        channel: &Channel,
+        message: &TaskMessage,
+        request_id: Option<&str>,
+    ) -> Result<lapin::PublisherConfirm, lapin::Error> {
+        let body = serde_json::to_vec(message).expect("a TaskMessage always serialises");
+        channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &body,
+                message_properties(message.correlation_id, request_id),
+            )
+            .await
+    }
+}
+
+/// Properties of a task message: persistent JSON, `message_id` and `correlation_id` = task id.
+pub fn message_properties(task_id: Uuid, request_id: Option<&str>) -> BasicProperties {
+    let id: ShortString = task_id.to_string().into();
+    let mut headers = FieldTable::default();
+    if let Some(request_id) = request_id {
+        headers.insert(
+            REQUEST_ID_HEADER.into(),
+            AMQPValue::LongString(request_id.into()),
+        );
+    }
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(id.clone())
+        .with_correlation_id(id)
+        .with_headers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dead_letter_queue_is_named_after_the_queue() {
+        assert_eq!(
+            Topology::new("agent.mandates", 3).dead_letter_queue(),
+            "agent.mandates.dlq"
+        );
+    }
+
+    #[test]
+    fn the_queue_is_a_quorum_queue_with_a_delivery_limit_and_a_dlq() {
+        let args = Topology::new("q", 5).queue_arguments();
+        let inner = args.inner();
+        assert_eq!(
+            inner.get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            inner.get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(5))
+        );
+        assert_eq!(
+            inner.get("x-dead-letter-routing-key"),
+            Some(&AMQPValue::LongString("q.dlq".into()))
+        );
+    }
+
+    #[test]
+    fn messages_are_persistent_json_identified_by_the_task_id() {
+        let id = Uuid::new_v4();
+        let props = message_properties(id, Some("req-1"));
+        assert_eq!(props.delivery_mode(), &Some(2));
+        assert_eq!(
+            props.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(
+            props.message_id().as_ref().map(|s| s.to_string()),
+            Some(id.to_string())
+        );
+        assert_eq!(
+            props.correlation_id().as_ref().map(|s| s.to_string()),
+            Some(id.to_string())
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! Task statuses as stored in Redis and as the API shows them, and the forward-only transition rule.
+//!
+//! The rule is a pure function ([`Status::can_move_to`]); the Lua script in [`crate::store`] enforces it
+//! atomically by receiving, for each write, the set of statuses it may come from
+//! ([`Status::allowed_sources`]), so Rust stays the single place the rule is written down.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A task's status as stored in the `status` field of `task:{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Recorded by the gateway, before the message is published.
+    Pending,
+    /// An agent took the message.
+    Accepted,
+    /// An agent ran at least one tick.
+    InProgress,
+    /// Finished with a result. Terminal.
+    Completed,
+    /// Finished with an error. Terminal.
+    Failed,
+}
+
+/// A task's status as the HTTP API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShownStatus {
+    /// Waiting in the queue.
+    InQueue,
+    /// An agent is working on it.
+    InProgress,
+    /// Finished; `result` is set.
+    Completed,
+    /// Finished; `error` is set.
+    Failed,
+}
+
+impl Status {
+    /// Every status, in order of progress.
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Accepted,
+        Status::InProgress,
+        Status::Completed,
+        Status::Failed,
+    ];
+
+    /// The name stored in Redis.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Accepted => "accepted",
+            Status::InProgress => "in_progress",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// Whether the task is finished: nothing may change it afterwards.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed)
+    }
+
+    /// The status the API shows for this stored status.
+    pub fn shown(self) -> ShownStatus {
+        match self {
+            Status::Pending => ShownStatus::InQueue,
+            Status::Accepted | Status::InProgress => ShownStatus::InProgress,
+            Status::Completed => ShownStatus::Completed,
+            Status::Failed => ShownStatus::Failed,
+        }
+    }
+
+    /// The forward-only rule: `pending -> accepted -> in_progress -> completed | failed`, and
+    /// `pending -> failed`.
+    ///
+    /// A worker may also re-take a task it (or a dead worker) had already taken (`accepted -> accepted`,
+    /// `in_progress -> accepted` is refused), heartbeat an `in_progress` task (`in_progress -> in_progress`),
+    /// and finish a task that never reached its first tick (`accepted -> completed | failed`). Nothing moves
+    /// out of a terminal status, and nothing moves back to `pending`.
+    pub fn can_move_to(self, to: Status) -> bool {
+        use Status::*;
+        match (self, to) {
+            (Completed | Failed, _) => false,
+            (_, Pending) => false,
+            (Pending, Accepted | Failed) => true,
+            (Pending, InProgress | Completed) => false,
+            (Accepted, Accepted | InProgress | Completed | Failed) => true,
+            (InProgress, InProgress | Completed | Failed) => true,
+            (InProgress, Accepted) => false,
+        }
+    }
+
+    /// The statuses a record may be in for a write of `to` to apply.
+    pub fn allowed_sources(to: Status) -> Vec<Status> {
+        Status::ALL
+            .into_iter()
+            .filter(|from| from.can_move_to(to))
+            .collect()
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The stored value is not one of the five statuses.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown task status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for Status {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status::*;
+    use super::*;
+
+    #[test]
+    fn the_happy_path_moves_forward_step_by_step() {
+        assert!(Pending.can_move_to(Accepted));
+        assert!(Accepted.can_move_to(InProgress));
+        assert!(InProgress.can_move_to(Completed));
+        assert!(InProgress.can_move_to(Failed));
+        assert!(Pending.can_move_to(Failed));
+    }
+
+    #[test]
+    fn nothing_leaves_a_terminal_status() {
+        for from in [Completed, Failed] {
+            for to in Status::ALL {
+                assert!(!from.can_move_to(to), "{from} -> {to} must be refused");
+            }
+        }
+    }
+
+    #[test]
+    fn no_status_moves_backwards() {
+        let rank = |s: Status| match s {
+            Pending => 0,
+            Accepted => 1,
+            InProgress => 2,
+            Completed | Failed => 3,
+        };
+        for from in Status::ALL {
+            for to in Status::ALL {
+                if rank(to) < rank(from) {
+                    assert!(!from.can_move_to(to), "{from} -> {to} moves backwards");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_pending_task_cannot_skip_being_accepted() {
+        assert!(!Pending.can_move_to(InProgress));
+        assert!(!Pending.can_move_to(Completed));
+        assert!(!Pending.can_move_to(Pending));
+    }
+
+    #[test]
+    fn heartbeats_and_redeliveries_may_repeat_a_status() {
+        assert!(InProgress.can_move_to(InProgress));
+        assert!(Accepted.can_move_to(Accepted));
+        assert!(!InProgress.can_move_to(Accepted));
+    }
+
+    #[test]
+    fn allowed_sources_agree_with_the_rule() {
+        assert_eq!(Status::allowed_sources(Accepted), vec![Pending, Accepted]);
+        assert_eq!(
+            Status::allowed_sources(Failed),
+            vec![Pending, Accepted, InProgress]
+        );
+        assert_eq!(Status::allowed_sources(Pending), vec![]);
+    }
+
+    #[test]
+    fn stored_statuses_are_shown_as_the_api_names_them() {
+        assert_eq!(Pending.shown(), ShownStatus::InQueue);
+        assert_eq!(Accepted.shown(), ShownStatus::InProgress);
+        assert_eq!(InProgress.shown(), ShownStatus::InProgress);
+        assert_eq!(Completed.shown(), ShownStatus::Completed);
+        assert_eq!(Failed.shown(), ShownStatus::Failed);
+        assert_eq!(
+            serde_json::to_string(&ShownStatus::InQueue).unwrap(),
+            "\"in_queue\""
+        );
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_stored_names() {
+        for status in Status::ALL {
+            assert_eq!(status.as_str().parse::<Status>().unwrap(), status);
+        }
+        assert!("done".parse::<Status>().is_err());
+    }
+}
