@@ -1,1 +1,17 @@
-//! placeholder
+//! The Euglena-rs gateway: validates Supabase JWTs, enforces the daily tick quota, records each task in
+//! Redis and publishes it to RabbitMQ with publisher confirms (SPEC section 2).
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod jwks;
+pub mod publisher;
+pub mod quota;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod state;
+pub mod store;
+
+pub use settings::Settings;
+pub use startup::{Application, router};

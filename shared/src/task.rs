@@ -103,7 +103,8 @@ pub fn rfc3339(at: DateTime<Utc>) -> String {
 }
 
 impl TaskRecord {
-    /// A new `pending` record, as the gateway stores it before publishing.
+    /// A new `pending` record, as the gateway stores it before publishing. Times are kept to the
+    /// millisecond, as stored, so what the gateway answers equals what it later reads back.
     pub fn new_pending(
         owner: &str,
         mandate: &str,
@@ -111,6 +112,7 @@ impl TaskRecord {
         quota_key: &str,
         now: DateTime<Utc>,
     ) -> Self {
+        let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
         Self {
             owner: owner.to_owned(),
             status: Status::Pending,

@@ -1,0 +1,31 @@
+//! The `gateway` binary: settings, telemetry, build, serve until SIGTERM or Ctrl-C.
+
+use anyhow::Context;
+use gateway::{Application, Settings};
+use shared::telemetry::{self, LogFormat};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "gateway failed");
+            eprintln!("gateway: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    telemetry::init(
+        "gateway",
+        LogFormat::from_env().context("invalid settings")?,
+    );
+    let settings = Settings::from_env().context("invalid settings")?;
+    let application = Application::build(settings).await.context("cannot start")?;
+    application
+        .run_until_stopped(shared::shutdown::shutdown_signal())
+        .await
+        .context("server error")
+}

@@ -1,0 +1,259 @@
+//! Publishing task messages with publisher confirms on one long-lived channel.
+//!
+//! Many publishes are in flight on the channel at once; lapin matches each broker confirm to its publish,
+//! so a request waits only for its own confirm. A supervisor task owns the connection: it connects (and
+//! declares the topology), watches the connection, and reconnects with backoff after the broker restarts.
+//! While there is no channel, [`Publisher::publish`] fails at once with [`PublishError::Unavailable`], so
+//! the gateway answers 503 quickly rather than hanging.
+
+use lapin::Confirmation;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
+use secrecy::{ExposeSecret, SecretString};
+use shared::queue::Topology;
+use shared::task::TaskMessage;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the supervisor checks that the connection is still up.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// Reconnection backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Why a message was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// There is no connection to the broker right now.
+    #[error("the broker is not connected")]
+    Unavailable,
+    /// The broker returned the message as unroutable (the queue does not exist).
+    #[error("the broker could not route the message (is the queue missing?)")]
+    Returned,
+    /// The broker refused the message.
+    #[error("the broker refused the message")]
+    Nacked,
+    /// No confirm arrived in time; the message's fate is unknown.
+    #[error("no confirm from the broker within {0:?}")]
+    Timeout(Duration),
+    /// The channel failed while publishing.
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// Why the broker could not be reached at start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach RabbitMQ within {deadline:?}: {last_error}")]
+pub struct ConnectError {
+    /// The start-up deadline that passed.
+    pub deadline: Duration,
+    /// The last failure seen.
+    pub last_error: String,
+}
+
+struct Shared {
+    channel: RwLock<Option<Channel>>,
+    lost: Notify,
+}
+
+/// Publishes task messages; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    shared: Arc<Shared>,
+    topology: Topology,
+    confirm_timeout: Duration,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("topology", &self.topology)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// Connects to the broker (waiting up to `deadline`), declares the topology, and starts the supervisor
+    /// that keeps the connection up until `shutdown` is cancelled.
+    ///
+    /// # Errors
+    /// [`ConnectError`] when no connection could be made within `deadline`.
+    pub async fn start(
+        url: SecretString,
+        topology: Topology,
+        confirm_timeout: Duration,
+        deadline: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ConnectError> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        let (connection, channel) = loop {
+            match open(&url, &topology).await {
+                Ok(opened) => break opened,
+                Err(error) if started.elapsed() + backoff < deadline => {
+                    tracing::warn!(%error, "RabbitMQ not reachable yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(error) => {
+                    return Err(ConnectError {
+                        deadline,
+                        last_error: error,
+                    });
+                }
+            }
+        };
+        tracing::info!(queue = %topology.queue, "connected to RabbitMQ");
+        let shared = Arc::new(Shared {
+            channel: RwLock::new(Some(channel)),
+            lost: Notify::new(),
+        });
+        tokio::spawn(supervise(
+            shared.clone(),
+            url,
+            topology.clone(),
+            connection,
+            shutdown,
+        ));
+        Ok(Self {
+            shared,
+            topology,
+            confirm_timeout,
+        })
+    }
+
+    /// Whether a channel is open right now.
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some_and(|c| c.status().connected())
+    }
+
+    fn current(&self) -> Option<Channel> {
+        self.shared
+            .channel
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Publishes `message` and waits for the broker's confirm.
+    ///
+    /// # Errors
+    /// [`PublishError`] when the message is not known to be queued.
+    #[tracing::instrument(skip_all, fields(task_id = %message.correlation_id))]
+    pub async fn publish(
+        &self,
+        message: &TaskMessage,
+        request_id: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let channel = self
+            .current()
+            .filter(|c| c.status().connected())
+            .ok_or(PublishError::Unavailable)?;
+        let confirm = self
+            .topology
+            .publish(&channel, message, request_id)
+            .await
+            .inspect_err(|_| self.shared.lost.notify_one())?;
+        let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
+            .await
+            .map_err(|_| PublishError::Timeout(self.confirm_timeout))?
+            .inspect_err(|_| self.shared.lost.notify_one())?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(PublishError::Returned),
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            // The channel is always in confirm mode; a missing confirm means it was not.
+            Confirmation::NotRequested => Err(PublishError::Nacked),
+        }
+    }
+}
+
+async fn open(url: &SecretString, topology: &Topology) -> Result<(Connection, Channel), String> {
+    let attempt = async {
+        let connection = Connection::connect(
+            url.expose_secret(),
+            ConnectionProperties::default().with_connection_name("euglena-gateway".into()),
+        )
+        .await?;
+        let channel = connection.create_channel().await?;
+        topology.declare(&channel).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok::<_, lapin::Error>((connection, channel))
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(opened)) => Ok(opened),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+    }
+}
+
+async fn supervise(
+    shared: Arc<Shared>,
+    url: SecretString,
+    topology: Topology,
+    mut connection: Connection,
+    shutdown: CancellationToken,
+) {
+    loop {
+        // Watch the live connection until it drops or we are told to stop.
+        loop {
+            let channel_up = shared
+                .channel
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|c| c.status().connected());
+            if !connection.status().connected() || !channel_up {
+                break;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    *shared.channel.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                    let _ = connection.close(200, "gateway shutting down".into()).await;
+                    return;
+                }
+                () = shared.lost.notified() => {}
+                () = tokio::time::sleep(WATCH_INTERVAL) => {}
+            }
+        }
+        tracing::warn!("lost the RabbitMQ connection; reconnecting");
+        *shared
+            .channel
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let _ = connection.close(200, "reconnecting".into()).await;
+
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match open(&url, &topology).await {
+                Ok((new_connection, channel)) => {
+                    connection = new_connection;
+                    *shared
+                        .channel
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel);
+                    tracing::info!("reconnected to RabbitMQ");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?backoff, "RabbitMQ reconnect failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}

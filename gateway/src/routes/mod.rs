@@ -1,0 +1,6 @@
+//! The HTTP routes (SPEC section 2), one file per resource.
+
+pub mod agents;
+pub mod health;
+pub mod openapi;
+pub mod tasks;

@@ -1,0 +1,227 @@
+//! Building the gateway: connect to Redis and RabbitMQ, assemble the router, serve until shutdown.
+
+use crate::auth::Authenticator;
+use crate::error::ApiError;
+use crate::publisher::{ConnectError, Publisher};
+use crate::routes;
+use crate::settings::Settings;
+use crate::state::{AppState, Inner};
+use crate::store::{StoreError, TaskStore};
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use axum::routing::{get, post};
+use axum::{BoxError, Router};
+use secrecy::ExposeSecret;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// The request id header, set on every request and response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Redis connections the gateway keeps (each is multiplexed, so requests pipeline over them).
+const REDIS_POOL_SIZE: usize = 16;
+/// How long in-flight requests get to finish after the shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Redis did not answer within the start-up deadline.
+    #[error("cannot reach Redis within {0:?}")]
+    Redis(Duration),
+    /// The Redis settings are unusable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// RabbitMQ did not answer within the start-up deadline.
+    #[error(transparent)]
+    Broker(#[from] ConnectError),
+    /// The port could not be bound.
+    #[error("cannot bind {address}: {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A gateway bound to its port, ready to serve.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    port: u16,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Connects to Redis and RabbitMQ (waiting up to the start-up deadline), declares the topology and
+    /// binds the port.
+    ///
+    /// # Errors
+    /// [`StartupError`] with one clear reason.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let shutdown = CancellationToken::new();
+        let store = TaskStore::new(
+            settings.common.redis_url.expose_secret(),
+            settings.common.keys(),
+            settings.common.task_ttl_seconds,
+            REDIS_POOL_SIZE,
+        )?;
+        wait_for_redis(&store, settings.startup_deadline).await?;
+        let publisher = Publisher::start(
+            settings.common.rabbitmq_url.clone(),
+            settings.common.topology(),
+            settings.publish_confirm_timeout,
+            settings.startup_deadline,
+            shutdown.clone(),
+        )
+        .await?;
+        let address = format!("{}:{}", settings.host, settings.port);
+        let listener = TcpListener::bind(&address)
+            .await
+            .map_err(|source| StartupError::Bind {
+                address: address.clone(),
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { address, source })?
+            .port();
+        let state = AppState::new(Inner {
+            auth: Authenticator::new(&settings.auth),
+            settings,
+            store,
+            publisher,
+        });
+        Ok(Self {
+            listener,
+            router: router(state),
+            port,
+            shutdown,
+        })
+    }
+
+    /// The bound port (useful with `PORT=0`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `signal` completes, then lets in-flight requests finish (bounded) and closes the
+    /// broker connection.
+    ///
+    /// # Errors
+    /// The server's I/O error.
+    pub async fn run_until_stopped(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(port = self.port, "gateway listening");
+        let shutdown = self.shutdown.clone();
+        let draining = CancellationToken::new();
+        let drain_started = draining.clone();
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            signal.await;
+            drain_started.cancel();
+        });
+        let result = tokio::select! {
+            result = serve => result,
+            () = async {
+                draining.cancelled().await;
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            } => {
+                tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}; stopping");
+                Ok(())
+            }
+        };
+        shutdown.cancel();
+        tracing::info!("gateway stopped");
+        result
+    }
+}
+
+async fn wait_for_redis(store: &TaskStore, deadline: Duration) -> Result<(), StartupError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        if store.ping().await {
+            return Ok(());
+        }
+        if started.elapsed() >= deadline {
+            return Err(StartupError::Redis(deadline));
+        }
+        tracing::warn!("Redis not reachable yet; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The full router with its middleware: request ids, tracing, CORS, body limit, request timeout.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.settings.request_timeout;
+    let cors = cors(&state.settings.cors_origins);
+    let body_limit = state.settings.body_limit();
+    Router::new()
+        .route("/tasks", post(routes::tasks::create_task))
+        .route("/tasks/{id}", get(routes::tasks::get_task))
+        .route("/agents/count", get(routes::agents::agent_count))
+        .route("/health", get(routes::health::health))
+        .route("/openapi.json", get(routes::openapi::openapi))
+        .fallback(|| async { ApiError::NoRoute(StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async { ApiError::NoRoute(StatusCode::METHOD_NOT_ALLOWED) })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                        let request_id = request
+                            .headers()
+                            .get(REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        tracing::info_span!(
+                            "request",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                            request_id,
+                        )
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(cors)
+                .layer(HandleErrorLayer::new(|error: BoxError| async move {
+                    if error.is::<tower::timeout::error::Elapsed>() {
+                        ApiError::Unavailable("the request timed out".into())
+                    } else {
+                        ApiError::Internal(error.to_string())
+                    }
+                }))
+                .timeout(timeout),
+        )
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([REQUEST_ID])
+        .max_age(Duration::from_secs(600))
+}

@@ -1,0 +1,43 @@
+//! What every handler shares.
+
+use crate::auth::Authenticator;
+use crate::publisher::Publisher;
+use crate::settings::Settings;
+use crate::store::TaskStore;
+use std::sync::Arc;
+
+/// Shared, read-only state behind an `Arc`; cloned per request.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+/// The parts of [`AppState`].
+#[derive(Debug)]
+pub struct Inner {
+    /// Settings the gateway started with.
+    pub settings: Settings,
+    /// Verifies bearer tokens.
+    pub auth: Authenticator,
+    /// Task records, quota, worker counts.
+    pub store: TaskStore,
+    /// The confirmed publisher.
+    pub publisher: Publisher,
+}
+
+impl AppState {
+    /// Wraps the parts.
+    pub fn new(inner: Inner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}

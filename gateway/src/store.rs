@@ -1,0 +1,263 @@
+//! The gateway's Redis side: task records, quota charges, live-worker counts.
+//!
+//! Every operation is one round trip (a Lua script, one command, or one atomic pipeline) and is bounded
+//! by [`OPERATION_TIMEOUT`], so a Redis that is down or restarting turns into a quick 503, never a hang.
+
+use crate::quota::{CHARGE_AND_RECORD_LUA, QUOTA_KEY_TTL_SECONDS};
+use chrono::{DateTime, Utc};
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use redis::AsyncCommands;
+use shared::Keys;
+use shared::store::{Outcome, Transition, transition};
+use shared::task::TaskRecord;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::LazyLock;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The longest any single Redis operation may take, connection included.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_millis(800);
+
+static CHARGE_AND_RECORD: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(CHARGE_AND_RECORD_LUA));
+
+/// A Redis operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection could be had from the pool (Redis down, or the pool exhausted).
+    #[error("no redis connection: {0}")]
+    Pool(String),
+    /// Redis answered with an error or the connection broke.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The operation took longer than [`OPERATION_TIMEOUT`].
+    #[error("redis did not answer within {OPERATION_TIMEOUT:?}")]
+    Timeout,
+    /// A stored record could not be read.
+    #[error(transparent)]
+    Record(#[from] shared::task::RecordError),
+    /// The shared transition script failed.
+    #[error(transparent)]
+    Transition(#[from] shared::store::StoreError),
+    /// The script returned something it never returns.
+    #[error("unexpected answer from redis: {0}")]
+    Unexpected(String),
+}
+
+/// The result of charging the quota and recording a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// Charged and recorded; `remaining` ticks are left today.
+    Recorded {
+        /// Ticks left today after this charge.
+        remaining: u32,
+    },
+    /// The charge would pass the limit; nothing was written.
+    QuotaExceeded {
+        /// Ticks left today.
+        remaining: u32,
+    },
+    /// A task with this id already exists; nothing was written.
+    Duplicate,
+}
+
+/// Task records and counts in Redis.
+#[derive(Clone)]
+pub struct TaskStore {
+    pool: Pool,
+    keys: Keys,
+    task_ttl_seconds: u64,
+}
+
+impl std::fmt::Debug for TaskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskStore")
+            .field("keys", &self.keys)
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+impl TaskStore {
+    /// A store over a pool of `max_connections` connections to `url`. Connects lazily.
+    ///
+    /// # Errors
+    /// [`StoreError::Pool`] when the URL is invalid.
+    pub fn new(
+        url: &str,
+        keys: Keys,
+        task_ttl_seconds: u64,
+        max_connections: usize,
+    ) -> Result<Self, StoreError> {
+        let mut config = deadpool_redis::Config::from_url(url);
+        let mut pool_config = PoolConfig::new(max_connections);
+        pool_config.timeouts = Timeouts {
+            wait: Some(OPERATION_TIMEOUT),
+            create: Some(OPERATION_TIMEOUT),
+            recycle: Some(OPERATION_TIMEOUT),
+        };
+        config.pool = Some(pool_config);
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| StoreError::Pool(redact(&e.to_string())))?;
+        Ok(Self {
+            pool,
+            keys,
+            task_ttl_seconds,
+        })
+    }
+
+    /// The key builder in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn bounded<T, F>(&self, operation: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        tokio::time::timeout(OPERATION_TIMEOUT, operation)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+    }
+
+    async fn connection(&self) -> Result<deadpool_redis::Connection, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(redact(&e.to_string())))
+    }
+
+    /// Answers whether Redis responds to PING.
+    pub async fn ping(&self) -> bool {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+            Ok(pong == "PONG")
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Charges `record.max_ticks` to `record.quota_key` against `limit` and writes the record, atomically.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails; then nothing was charged or everything was.
+    #[tracing::instrument(skip_all, fields(task_id = %id))]
+    pub async fn charge_and_record(
+        &self,
+        id: Uuid,
+        record: &TaskRecord,
+        limit: u32,
+    ) -> Result<Charge, StoreError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            let mut invocation = CHARGE_AND_RECORD.key(&record.quota_key);
+            invocation
+                .key(self.keys.task(id))
+                .arg(record.max_ticks)
+                .arg(limit)
+                .arg(QUOTA_KEY_TTL_SECONDS);
+            for (name, value) in record.to_fields() {
+                invocation.arg(name).arg(value);
+            }
+            let (code, remaining): (i64, i64) = invocation.invoke_async(&mut conn).await?;
+            let remaining = u32::try_from(remaining.max(0)).unwrap_or(u32::MAX);
+            match code {
+                1 => Ok(Charge::Recorded { remaining }),
+                0 => Ok(Charge::QuotaExceeded { remaining }),
+                -1 => Ok(Charge::Duplicate),
+                other => Err(StoreError::Unexpected(other.to_string())),
+            }
+        })
+        .await
+    }
+
+    /// Marks a task failed with `error`, refunding all its ticks (it never ran).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails.
+    #[tracing::instrument(skip_all, fields(task_id = %id))]
+    pub async fn fail_unqueued(&self, id: Uuid, error: &str) -> Result<Outcome, StoreError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            Ok(transition(
+                &mut conn,
+                &self.keys,
+                id,
+                &Transition::fail(error, 0),
+                Utc::now(),
+                self.task_ttl_seconds,
+            )
+            .await?)
+        })
+        .await
+    }
+
+    /// Reads a task record in one round trip; `None` when there is no such task.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails or the record is malformed.
+    pub async fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            let fields: HashMap<String, String> = conn.hgetall(self.keys.task(id)).await?;
+            if fields.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(TaskRecord::from_fields(&fields)?))
+        })
+        .await
+    }
+
+    /// Counts workers whose last heartbeat is within `ttl` of `now`, pruning the stale ones, in one
+    /// atomic round trip.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails.
+    pub async fn count_live_workers(
+        &self,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<u64, StoreError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            let key = self.keys.workers_status();
+            let oldest_live = now.timestamp_millis() - i64::try_from(ttl.as_millis()).unwrap_or(0);
+            let (count,): (u64,) = redis::pipe()
+                .atomic()
+                .zrembyscore(&key, "-inf", format!("({oldest_live}"))
+                .ignore()
+                .zcard(&key)
+                .query_async(&mut conn)
+                .await?;
+            Ok(count)
+        })
+        .await
+    }
+}
+
+/// Removes credentials from a URL-bearing error message.
+fn redact(message: &str) -> String {
+    match (message.find("://"), message.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &message[..scheme], &message[at..])
+        }
+        _ => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_redacted_from_error_messages() {
+        assert_eq!(
+            redact("bad url redis://user:pw@host:6379/0"),
+            "bad url redis://***@host:6379/0"
+        );
+        assert_eq!(redact("connection refused"), "connection refused");
+    }
+}

@@ -1,0 +1,11 @@
+//! The gateway's integration tests: one binary, a gateway per test on port 0, against the real Redis
+//! and RabbitMQ. Tests in `disruptive` restart a shared service and are run on their own (see
+//! `scripts/test.sh`).
+
+mod auth;
+mod disruptive;
+mod endpoints;
+mod helpers;
+mod outages;
+mod quota;
+mod tasks;
