@@ -7,6 +7,7 @@ pub mod extract;
 pub mod jwks;
 pub mod publisher;
 pub mod quota;
+pub mod redis_pool;
 pub mod routes;
 pub mod settings;
 pub mod startup;

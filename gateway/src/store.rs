@@ -4,8 +4,9 @@
 //! by [`OPERATION_TIMEOUT`], so a Redis that is down or restarting turns into a quick 503, never a hang.
 
 use crate::quota::{CHARGE_AND_RECORD_LUA, QUOTA_KEY_TTL_SECONDS};
+use crate::redis_pool::{Manager, Pool};
 use chrono::{DateTime, Utc};
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use deadpool::managed::{PoolConfig, Timeouts};
 use redis::AsyncCommands;
 use shared::Keys;
 use shared::store::{Outcome, Transition, transition};
@@ -90,17 +91,19 @@ impl TaskStore {
         task_ttl_seconds: u64,
         max_connections: usize,
     ) -> Result<Self, StoreError> {
-        let mut config = deadpool_redis::Config::from_url(url);
-        let mut pool_config = PoolConfig::new(max_connections);
-        pool_config.timeouts = Timeouts {
+        let manager = Manager::new(url, OPERATION_TIMEOUT)
+            .map_err(|e| StoreError::Pool(redact(&e.to_string())))?;
+        let mut config = PoolConfig::new(max_connections);
+        config.timeouts = Timeouts {
             wait: Some(OPERATION_TIMEOUT),
             create: Some(OPERATION_TIMEOUT),
             recycle: Some(OPERATION_TIMEOUT),
         };
-        config.pool = Some(pool_config);
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| StoreError::Pool(redact(&e.to_string())))?;
+        let pool = Pool::builder(manager)
+            .config(config)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
         Ok(Self {
             pool,
             keys,
@@ -122,7 +125,7 @@ impl TaskStore {
             .map_err(|_| StoreError::Timeout)?
     }
 
-    async fn connection(&self) -> Result<deadpool_redis::Connection, StoreError> {
+    async fn connection(&self) -> Result<deadpool::managed::Object<Manager>, StoreError> {
         self.pool
             .get()
             .await
@@ -133,7 +136,7 @@ impl TaskStore {
     pub async fn ping(&self) -> bool {
         self.bounded(async {
             let mut conn = self.connection().await?;
-            let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+            let pong: String = redis::cmd("PING").query_async(&mut *conn).await?;
             Ok(pong == "PONG")
         })
         .await
@@ -162,7 +165,7 @@ impl TaskStore {
             for (name, value) in record.to_fields() {
                 invocation.arg(name).arg(value);
             }
-            let (code, remaining): (i64, i64) = invocation.invoke_async(&mut conn).await?;
+            let (code, remaining): (i64, i64) = invocation.invoke_async(&mut *conn).await?;
             let remaining = u32::try_from(remaining.max(0)).unwrap_or(u32::MAX);
             match code {
                 1 => Ok(Charge::Recorded { remaining }),
@@ -183,7 +186,7 @@ impl TaskStore {
         self.bounded(async {
             let mut conn = self.connection().await?;
             Ok(transition(
-                &mut conn,
+                &mut *conn,
                 &self.keys,
                 id,
                 &Transition::fail(error, 0),
@@ -202,7 +205,7 @@ impl TaskStore {
     pub async fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
         self.bounded(async {
             let mut conn = self.connection().await?;
-            let fields: HashMap<String, String> = conn.hgetall(self.keys.task(id)).await?;
+            let fields: HashMap<String, String> = (*conn).hgetall(self.keys.task(id)).await?;
             if fields.is_empty() {
                 return Ok(None);
             }
@@ -230,7 +233,7 @@ impl TaskStore {
                 .zrembyscore(&key, "-inf", format!("({oldest_live}"))
                 .ignore()
                 .zcard(&key)
-                .query_async(&mut conn)
+                .query_async(&mut *conn)
                 .await?;
             Ok(count)
         })

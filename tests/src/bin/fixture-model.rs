@@ -1,0 +1,45 @@
+//! `fixture-model`: the scripted stand-in for a language model that `scripts/run-local.sh` uses when no
+//! model is configured. It is NOT an LLM: every task gets the same canned answers (two THINK ticks, then
+//! EXIT, then a synthesis that says it came from the fixture), so the pipeline can be seen working offline.
+//!
+//! Usage: `fixture-model [PORT]` (default 8099); prints its `MODEL_API_URL`.
+
+use euglena_tests::model::{FixtureModel, Reply};
+use serde_json::json;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let port = std::env::args()
+        .nth(1)
+        .map(|p| p.parse())
+        .transpose()?
+        .unwrap_or(8099);
+    let model = FixtureModel::start(port).await?;
+    model.default_script(vec![
+        Reply::action(
+            "THINK",
+            "",
+            json!({"thought": "fixture model: planning (scripted, not an LLM)"}),
+        ),
+        Reply::action(
+            "THINK",
+            "",
+            json!({"thought": "fixture model: still scripted", "note_update": "scripted note"}),
+        ),
+        Reply::action(
+            "EXIT",
+            "",
+            json!({"deliverable": "a scripted deliverable from the fixture model"}),
+        ),
+        Reply::synthesis(
+            "This result was produced by the fixture model, a scripted stand-in for an LLM.",
+            &["a scripted deliverable from the fixture model"],
+        ),
+    ]);
+    println!(
+        "fixture-model (scripted stand-in, not an LLM) at MODEL_API_URL={}",
+        model.base_url
+    );
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
