@@ -1,7 +1,30 @@
-//! `agent`: not implemented yet. The issue that builds it is still open; until then this binary refuses to
-//! pretend and exits non-zero.
+//! `agent`: the worker binary. Until the tick loop lands (issue 4) it runs the real runtime with an
+//! executor that fails every task at once, saying so; the runtime then refunds the ticks and acks.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("agent: not implemented yet");
-    std::process::ExitCode::FAILURE
+use agent::executor::NotImplementedExecutor;
+use agent::{AgentSettings, Application};
+use anyhow::Context;
+use shared::telemetry::{self, LogFormat};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    telemetry::init("agent", LogFormat::from_env()?);
+    let settings = AgentSettings::from_env().context("invalid settings")?;
+    let app = Application::build(settings, NotImplementedExecutor)
+        .await
+        .context("cannot start")?;
+    app.run_until_stopped(shared::shutdown::shutdown_signal())
+        .await
+        .context("stopped with an error")
 }

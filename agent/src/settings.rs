@@ -1,0 +1,177 @@
+//! The agent's typed settings (SPEC section 7), read from the environment and validated at start.
+//!
+//! Durations that tests need short (`AGENT_STATUS_TIME`, `SHUTDOWN_GRACE_SECONDS`,
+//! `ECS_PROTECTION_RENEW_SECONDS`, `STARTUP_TIMEOUT_SECONDS`) accept fractional seconds, e.g. `0.5`.
+
+use shared::settings::{CommonSettings, Reader, SettingsError, Source};
+use std::time::Duration;
+
+/// Everything the agent runtime reads from the environment.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// The settings every service shares (Redis, RabbitMQ, queue, prefix, TTLs).
+    pub common: CommonSettings,
+    /// `AGENT_CONCURRENCY`: tasks run at once, also the consumer's prefetch (default 1).
+    pub concurrency: u16,
+    /// `AGENT_STATUS_TIME`: heartbeat period of presence and of `in_progress` writes (default 10 s).
+    pub status_interval: Duration,
+    /// `HEALTH_PORT`: port of `GET /health` (default 8081; 0 picks a free port, for tests).
+    pub health_port: u16,
+    /// `SHUTDOWN_GRACE_SECONDS`: how long tasks in hand may run after SIGTERM (default 100).
+    pub shutdown_grace: Duration,
+    /// `STARTUP_TIMEOUT_SECONDS`: how long start-up waits for Redis and RabbitMQ (default 30).
+    pub startup_timeout: Duration,
+    /// `ECS_AGENT_URI`: set by ECS; enables task scale-in protection.
+    pub ecs_agent_uri: Option<String>,
+    /// `ECS_PROTECTION_EXPIRES_MINUTES`: expiry asked for each time protection is set (default 60).
+    pub protection_expires_minutes: u32,
+    /// `ECS_PROTECTION_RENEW_SECONDS`: renewal period while busy (default half the expiry).
+    pub protection_renew: Duration,
+    /// `WORKER_ID`: overrides the derived worker id (ECS task id, or hostname plus a short uuid).
+    pub worker_id: Option<String>,
+}
+
+impl AgentSettings {
+    /// Reads the settings from the process environment.
+    ///
+    /// # Errors
+    /// [`SettingsError`] naming the first invalid variable.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_source(&Reader::new(shared::settings::ProcessEnv))
+    }
+
+    /// Reads the settings from `reader` with the SPEC's defaults.
+    ///
+    /// # Errors
+    /// [`SettingsError`] naming the first invalid variable.
+    pub fn from_source<S: Source>(reader: &Reader<S>) -> Result<Self, SettingsError> {
+        let common = CommonSettings::from_source(reader)?;
+        let status_interval = seconds(reader, "AGENT_STATUS_TIME", 10.0, 0.05, 3600.0)?;
+        if status_interval >= Duration::from_secs(common.worker_ttl_seconds) {
+            return Err(SettingsError::Invalid {
+                name: "AGENT_STATUS_TIME",
+                reason: format!(
+                    "must be shorter than WORKER_TTL_SECONDS ({}), or a live worker looks dead",
+                    common.worker_ttl_seconds
+                ),
+            });
+        }
+        let ecs_agent_uri = reader
+            .optional("ECS_AGENT_URI")
+            .map(|uri| uri.trim_end_matches('/').to_owned());
+        if let Some(uri) = &ecs_agent_uri
+            && reqwest::Url::parse(uri).is_err()
+        {
+            return Err(SettingsError::Invalid {
+                name: "ECS_AGENT_URI",
+                reason: format!("not a URL: {uri:?}"),
+            });
+        }
+        let protection_expires_minutes =
+            reader.ranged("ECS_PROTECTION_EXPIRES_MINUTES", 60, 1, 2880)?;
+        let expiry_seconds = f64::from(protection_expires_minutes) * 60.0;
+        let protection_renew = seconds(
+            reader,
+            "ECS_PROTECTION_RENEW_SECONDS",
+            expiry_seconds / 2.0,
+            0.05,
+            expiry_seconds - 1.0,
+        )?;
+        Ok(Self {
+            common,
+            concurrency: reader.ranged("AGENT_CONCURRENCY", 1, 1, 256)?,
+            status_interval,
+            health_port: reader.parse_or("HEALTH_PORT", 8081)?,
+            shutdown_grace: seconds(reader, "SHUTDOWN_GRACE_SECONDS", 100.0, 0.0, 3600.0)?,
+            startup_timeout: seconds(reader, "STARTUP_TIMEOUT_SECONDS", 30.0, 0.1, 3600.0)?,
+            ecs_agent_uri,
+            protection_expires_minutes,
+            protection_renew,
+            worker_id: reader.optional("WORKER_ID"),
+        })
+    }
+}
+
+/// A duration given in (possibly fractional) seconds, in `min..=max`.
+fn seconds<S: Source>(
+    reader: &Reader<S>,
+    name: &'static str,
+    default: f64,
+    min: f64,
+    max: f64,
+) -> Result<Duration, SettingsError> {
+    let value: f64 = reader.parse_or(name, default)?;
+    if !(min..=max).contains(&value) {
+        return Err(SettingsError::Invalid {
+            name,
+            reason: format!("must be between {min} and {max} seconds, got {value}"),
+        });
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn reader(pairs: &[(&str, &str)]) -> Reader<HashMap<String, String>> {
+        Reader::new(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_defaults_load_from_an_empty_environment() {
+        let settings = AgentSettings::from_source(&reader(&[])).unwrap();
+        assert_eq!(settings.concurrency, 1);
+        assert_eq!(settings.status_interval, Duration::from_secs(10));
+        assert_eq!(settings.health_port, 8081);
+        assert_eq!(settings.shutdown_grace, Duration::from_secs(100));
+        assert_eq!(settings.ecs_agent_uri, None);
+        assert_eq!(settings.protection_expires_minutes, 60);
+        assert_eq!(settings.protection_renew, Duration::from_secs(1800));
+        assert_eq!(settings.common.queue, "agent.mandates");
+    }
+
+    #[test]
+    fn durations_accept_fractional_seconds_for_tests() {
+        let settings = AgentSettings::from_source(&reader(&[
+            ("AGENT_STATUS_TIME", "0.5"),
+            ("SHUTDOWN_GRACE_SECONDS", "2.5"),
+        ]))
+        .unwrap();
+        assert_eq!(settings.status_interval, Duration::from_millis(500));
+        assert_eq!(settings.shutdown_grace, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn a_heartbeat_slower_than_the_worker_ttl_is_refused() {
+        let error = AgentSettings::from_source(&reader(&[
+            ("AGENT_STATUS_TIME", "30"),
+            ("WORKER_TTL_SECONDS", "30"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("AGENT_STATUS_TIME is invalid"), "{error}");
+    }
+
+    #[test]
+    fn a_concurrency_of_zero_is_refused_with_the_variable_named() {
+        let error = AgentSettings::from_source(&reader(&[("AGENT_CONCURRENCY", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("AGENT_CONCURRENCY is invalid"), "{error}");
+    }
+
+    #[test]
+    fn an_ecs_agent_uri_that_is_not_a_url_is_refused() {
+        let error = AgentSettings::from_source(&reader(&[("ECS_AGENT_URI", "not a url")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("ECS_AGENT_URI is invalid"), "{error}");
+    }
+}

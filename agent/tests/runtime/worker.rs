@@ -1,0 +1,333 @@
+//! The worker driven one delivery at a time (`try_execute_task`) against the real Redis and RabbitMQ.
+
+use crate::helpers::{FnExecutor, TestEnv, poll, result};
+use agent::executor::{NOT_IMPLEMENTED, NotImplementedExecutor};
+use agent::worker::{Handled, Stopping};
+use shared::Status;
+use shared::store::{Transition, transition};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_task_is_accepted_then_in_progress_on_its_first_tick_then_completed_with_a_refund()
+-> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let id = env.create_task("anything", 10).await?;
+    let seen_in_progress = Arc::new(AtomicU32::new(0));
+    let keys = env.keys.clone();
+    let redis = env.redis.clone();
+    let seen = Arc::clone(&seen_in_progress);
+    let executor = FnExecutor(
+        move |task: agent::TaskContext, ticks: agent::TickReporter, _| {
+            let keys = keys.clone();
+            let redis = redis.clone();
+            let seen = Arc::clone(&seen);
+            async move {
+                assert_eq!(task.request_id.as_deref(), Some("req-test"));
+                assert_eq!(task.delivery, 1);
+                let status = |redis: redis::aio::ConnectionManager| {
+                    let key = keys.task(task.id);
+                    async move {
+                        let mut conn = redis;
+                        let status: String = redis::cmd("HGET")
+                            .arg(key)
+                            .arg("status")
+                            .query_async(&mut conn)
+                            .await?;
+                        anyhow::Ok(status)
+                    }
+                };
+                assert_eq!(status(redis.clone()).await.unwrap(), "accepted");
+                ticks.report(1);
+                poll(Duration::from_secs(2), || async {
+                    Ok((status(redis.clone()).await? == "in_progress").then_some(()))
+                })
+                .await
+                .unwrap();
+                seen.fetch_add(1, Ordering::SeqCst);
+                ticks.report(3);
+                Ok(result(3))
+            }
+        },
+    );
+    let worker = env.worker(executor, Stopping::default());
+
+    let handled = worker.try_execute_task(env.next_delivery().await?).await;
+
+    assert_eq!(handled, Handled::Completed);
+    assert_eq!(seen_in_progress.load(Ordering::SeqCst), 1);
+    let record = env.record(id).await?;
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.result, Some(result(3)));
+    assert_eq!(record.tick, 3);
+    assert_eq!(record.attempts, 1);
+    assert!(record.refunded);
+    assert_eq!(
+        env.quota_used().await?,
+        3,
+        "7 of the 10 ticks charged are refunded"
+    );
+    assert_eq!(
+        env.ready(&env.topology.queue).await?,
+        0,
+        "the message was acked"
+    );
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_message_that_does_not_parse_is_rejected_into_the_dead_letter_queue() -> anyhow::Result<()>
+{
+    let env = TestEnv::new(3).await?;
+    env.publish_raw(b"{not json").await?;
+    let worker = env.worker(NotImplementedExecutor, Stopping::default());
+
+    let handled = worker.try_execute_task(env.next_delivery().await?).await;
+
+    assert!(matches!(handled, Handled::Rejected(_)), "{handled:?}");
+    env.wait_ready(&env.topology.dead_letter_queue(), 1).await?;
+    assert_eq!(env.ready(&env.topology.queue).await?, 0);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_message_whose_task_record_is_missing_goes_to_the_dead_letter_queue() -> anyhow::Result<()>
+{
+    let env = TestEnv::new(3).await?;
+    let message = env.store_task("ticks=1", 5).await?;
+    let mut conn = env.redis.clone();
+    redis::cmd("DEL")
+        .arg(env.keys.task(message.correlation_id))
+        .query_async::<()>(&mut conn)
+        .await?;
+    env.publish(&message).await?;
+    let worker = env.worker(env.scripted("w").await?, Stopping::default());
+
+    let handled = worker.try_execute_task(env.next_delivery().await?).await;
+
+    assert!(matches!(handled, Handled::Rejected(_)), "{handled:?}");
+    env.wait_ready(&env.topology.dead_letter_queue(), 1).await?;
+    assert_eq!(env.runs(message.correlation_id).await?, 0);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_redelivered_terminal_task_is_acked_without_running_again() -> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let id = env.create_task("ticks=2", 5).await?;
+    let worker = env.worker(env.scripted("w").await?, Stopping::default());
+    assert_eq!(
+        worker.try_execute_task(env.next_delivery().await?).await,
+        Handled::Completed
+    );
+    let message = shared::task::TaskMessage {
+        correlation_id: id,
+        mandate: "ticks=2".into(),
+        max_ticks: 5,
+        owner: crate::helpers::OWNER.into(),
+        created_at: chrono::Utc::now(),
+    };
+    env.publish(&message).await?;
+
+    let handled = worker.try_execute_task(env.next_delivery().await?).await;
+
+    assert_eq!(handled, Handled::AlreadyTerminal(Status::Completed));
+    assert_eq!(env.runs(id).await?, 1, "the task ran once");
+    assert_eq!(
+        env.quota_used().await?,
+        2,
+        "refunded once: 5 charged, 3 back"
+    );
+    assert_eq!(
+        env.ready(&env.topology.queue).await?,
+        0,
+        "the redelivery was acked"
+    );
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_fatal_failure_ends_failed_and_refunds_the_unused_ticks() -> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let id = env.create_task("ticks=2 fail=fatal", 8).await?;
+    let worker = env.worker(env.scripted("w").await?, Stopping::default());
+
+    let handled = worker.try_execute_task(env.next_delivery().await?).await;
+
+    assert_eq!(handled, Handled::Failed("scripted fatal failure".into()));
+    let record = env.record(id).await?;
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.error.as_deref(), Some("scripted fatal failure"));
+    assert_eq!(record.tick, 2);
+    assert_eq!(env.quota_used().await?, 2);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn the_production_executor_fails_every_task_saying_the_tick_loop_is_missing()
+-> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let id = env.create_task("find things", 6).await?;
+    let worker = env.worker(NotImplementedExecutor, Stopping::default());
+
+    let handled = worker.try_execute_task(env.next_delivery().await?).await;
+
+    assert_eq!(handled, Handled::Failed(NOT_IMPLEMENTED.into()));
+    let record = env.record(id).await?;
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.error.as_deref(), Some(NOT_IMPLEMENTED));
+    assert_eq!(
+        env.quota_used().await?,
+        0,
+        "a task failing before its first tick refunds all"
+    );
+    assert_eq!(env.ready(&env.topology.queue).await?, 0);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_retryable_failure_is_requeued_and_fails_the_task_on_its_last_delivery()
+-> anyhow::Result<()> {
+    let env = TestEnv::new(2).await?;
+    let id = env.create_task("ticks=1 fail=retryable", 4).await?;
+    let worker = env.worker(env.scripted("w").await?, Stopping::default());
+
+    let first = worker.try_execute_task(env.next_delivery().await?).await;
+    let second = worker.try_execute_task(env.next_delivery().await?).await;
+
+    assert_eq!(
+        first,
+        Handled::Requeued("scripted retryable failure".into())
+    );
+    let Handled::Failed(error) = second else {
+        panic!("the last delivery must fail the task, got {second:?}");
+    };
+    assert!(error.starts_with("gave up after 2 deliveries"), "{error}");
+    let record = env.record(id).await?;
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.attempts, 2);
+    assert_eq!(env.quota_used().await?, 1);
+    assert_eq!(env.ready(&env.topology.queue).await?, 0);
+    assert_eq!(env.ready(&env.topology.dead_letter_queue()).await?, 0);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_task_whose_workers_keep_dying_ends_failed_once_its_deliveries_are_exhausted()
+-> anyhow::Result<()> {
+    let env = TestEnv::new(2).await?;
+    let id = env.create_task("ticks=1", 4).await?;
+    // Two workers die holding the message: the broker gets it back twice without an answer.
+    for _ in 0..2 {
+        let delivery = env.next_delivery().await?;
+        delivery
+            .acker
+            .nack(lapin::options::BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await?;
+    }
+    let worker = env.worker(env.scripted("w").await?, Stopping::default());
+
+    let handled = worker.try_execute_task(env.next_delivery().await?).await;
+
+    let Handled::Failed(error) = handled else {
+        panic!("expected failed, got {handled:?}");
+    };
+    assert!(error.starts_with("gave up after 2 deliveries"), "{error}");
+    assert_eq!(env.runs(id).await?, 0, "the last delivery is not run");
+    let record = env.record(id).await?;
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(env.quota_used().await?, 0);
+    assert_eq!(env.ready(&env.topology.queue).await?, 0);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_task_left_in_progress_by_a_dead_worker_is_taken_again_and_completes()
+-> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let id = env.create_task("ticks=2", 5).await?;
+    let mut conn = env.redis.clone();
+    let now = chrono::Utc::now();
+    for step in [
+        Transition::to(Status::Accepted).counting_attempt(),
+        Transition::to(Status::InProgress).with("tick", "1"),
+    ] {
+        transition(&mut conn, &env.keys, id, &step, now, 600).await?;
+    }
+    let worker = env.worker(env.scripted("w").await?, Stopping::default());
+
+    let handled = worker.try_execute_task(env.next_delivery().await?).await;
+
+    assert_eq!(handled, Handled::Completed);
+    let record = env.record(id).await?;
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.attempts, 2);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_task_still_running_when_the_grace_period_ends_is_requeued() -> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let id = env.create_task("ticks=100 tick_ms=100", 100).await?;
+    let stopping = Stopping::default();
+    let worker = env.worker(env.scripted("w").await?, stopping.clone());
+    let delivery = env.next_delivery().await?;
+    let running = tokio::spawn(async move { worker.try_execute_task(delivery).await });
+    env.wait_record(id, Duration::from_secs(5), |r| {
+        r.status == Status::InProgress
+    })
+    .await?;
+
+    stopping.draining.cancel();
+    stopping.grace_expired.cancel();
+    let handled = tokio::time::timeout(Duration::from_secs(5), running).await??;
+
+    assert!(matches!(handled, Handled::Requeued(_)), "{handled:?}");
+    env.wait_ready(&env.topology.queue, 1).await?;
+    assert_eq!(env.record(id).await?.status, Status::InProgress);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_heartbeat_that_finds_the_task_finished_elsewhere_stops_the_run() -> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let id = env.create_task("ticks=100 tick_ms=50", 100).await?;
+    let worker = env.worker(env.scripted("w").await?, Stopping::default());
+    let delivery = env.next_delivery().await?;
+    let running = tokio::spawn(async move { worker.try_execute_task(delivery).await });
+    env.wait_record(id, Duration::from_secs(5), |r| {
+        r.status == Status::InProgress
+    })
+    .await?;
+
+    let mut conn = env.redis.clone();
+    let failed = Transition::fail("finished by another worker", 0);
+    transition(&mut conn, &env.keys, id, &failed, chrono::Utc::now(), 600).await?;
+    let handled = tokio::time::timeout(Duration::from_secs(5), running).await??;
+
+    assert_eq!(handled, Handled::AlreadyTerminal(Status::Failed));
+    assert_eq!(env.ready(&env.topology.queue).await?, 0, "acked");
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_delivery_that_arrives_while_draining_is_given_back_without_running() -> anyhow::Result<()>
+{
+    let env = TestEnv::new(3).await?;
+    let id = env.create_task("ticks=1", 3).await?;
+    let stopping = Stopping::default();
+    let worker = env.worker(env.scripted("w").await?, stopping.clone());
+    stopping.draining.cancel();
+
+    let handled = worker.try_execute_task(env.next_delivery().await?).await;
+
+    assert!(matches!(handled, Handled::Requeued(_)), "{handled:?}");
+    assert_eq!(env.runs(id).await?, 0);
+    assert_eq!(env.record(id).await?.status, Status::Pending);
+    env.wait_ready(&env.topology.queue, 1).await?;
+    env.cleanup().await
+}
