@@ -1,0 +1,385 @@
+"""Environment-variable coverage and secret hygiene of the deployment files.
+
+Checks, for every variable the binaries read:
+  * it is set (Environment or Secrets) on the container that runs that binary in ecs/euglena.yaml
+    (gateway, agent, metrics-sidecar) or in the autoscaler Lambda's Environment.Variables;
+  * it is documented in .env.example (as `NAME=` or a commented `# NAME=` line);
+and, for every container and the Lambda:
+  * no secret-looking name (…_KEY, SECRET, PASSWORD, PASS, TOKEN, CREDENTIAL, REDIS_URL, RABBITMQ_URL) is a
+    plain Environment value, and no plain value is a URL carrying credentials (scheme://user:pass@host);
+plus a few structural guarantees of the compose file, the template (check_structure) and the Dockerfiles
+(check_dockerfiles).
+
+The variable list is SPEC.md section 7 (copied below) united with the names found by regex in the Rust
+settings code, when those files exist. Exemptions carry a reason each.
+
+Usage: python check_env.py <repo root>   (needs PyYAML: run it with the project .venv's python)
+Exit status 0 when everything holds; 1 with one line per problem otherwise.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import sys
+
+import yaml
+
+# ----------------------------------------------------------------------------------------------------------
+# SPEC.md section 7, copied (keep in sync when the contract changes). Component -> variables it reads.
+SPEC_SECTION_7 = {
+    # "Shared": read by the gateway, the agent and the metrics sidecar (shared::settings::CommonSettings).
+    "shared": ["REDIS_URL", "RABBITMQ_URL", "AGENT_INPUT_QUEUE", "REDIS_KEY_PREFIX", "LOG_FORMAT", "RUST_LOG"],
+    "gateway": ["PORT", "SUPABASE_URL", "SUPABASE_JWT_SECRET", "SUPABASE_JWKS_URL", "SUPABASE_JWT_AUDIENCE",
+                "SUPABASE_ALLOW_UNCONFIRMED", "DAILY_TICK_LIMIT", "MAX_TICKS_PER_TASK", "MAX_MANDATE_CHARS",
+                "CORS_ORIGINS"],
+    "agent": ["HEALTH_PORT", "AGENT_CONCURRENCY", "AGENT_STATUS_TIME", "MODEL_API_URL", "MODEL_NAME",
+              "OPENAI_API_KEY", "SEARCH_API_URL", "SEARCH_API_KEY", "CHROMIUM_PATH", "VISIT_ALLOWLIST",
+              "QDRANT_URL", "QDRANT_PATH", "EMBEDDING_MODEL_DIR", "ECS_AGENT_URI"],
+    "sidecar": ["PORT", "QUEUE_NAME", "METRICS_NAMESPACE", "PUBLISH_INTERVAL_SECONDS", "RABBITMQ_MANAGEMENT_URL",
+                "AWS_REGION", "AWS_ENDPOINT_URL"],
+    "lambda": ["ECS_CLUSTER", "ECS_SERVICE", "QUEUE_NAME", "TARGET_MESSAGES_PER_WORKER", "MIN_WORKERS",
+               "MAX_WORKERS", "SCALE_IN_STABILIZATION_SECONDS", "DRY_RUN"],
+}
+SHARED_USERS = ("gateway", "agent", "sidecar")
+
+# Rust files whose string literals passed to the settings helpers name variables, by component.
+CODE_SOURCES = {
+    "shared": ["shared/src/settings.rs", "shared/src/telemetry.rs"],
+    "gateway": ["gateway/src/settings.rs"],
+    "agent": ["agent/src/settings.rs"],
+    "sidecar": ["metrics-sidecar/src/*.rs"],
+    "lambda": ["autoscaler-lambda/src/*.rs"],
+}
+HELPER_CALL = re.compile(
+    r"\b(?:optional|string_or|parse_or|parse|ranged|bool_or|secret|required_secret|seconds)"
+    r"\s*(?:::<[^>]*>)?\(\s*(?:&?[a-z_][a-z0-9_]*\s*,\s*)?\"([A-Z][A-Z0-9_]*)\"",
+    re.S,
+)
+ENV_VAR_CALL = re.compile(r"\benv::var(?:_os)?\(\s*\"([A-Z][A-Z0-9_]*)\"")
+
+# Where each component runs on AWS: (CloudFormation resource type, container name or None for a Lambda).
+TARGETS = {
+    "gateway": ("AWS::ECS::TaskDefinition", "gateway"),
+    "agent": ("AWS::ECS::TaskDefinition", "agent"),
+    "sidecar": ("AWS::ECS::TaskDefinition", "metrics-sidecar"),
+    "lambda": ("AWS::Lambda::Function", None),
+}
+
+# Variables that need not be set in the ECS task definitions / Lambda, with the reason.
+EXEMPT_FROM_AWS = {
+    "ECS_AGENT_URI": "injected by the ECS container agent into every Fargate container; never set by hand",
+    "ECS_CONTAINER_METADATA_URI_V4": "injected by ECS (task metadata endpoint)",
+    "HOSTNAME": "set by the container runtime",
+    "WORKER_ID": "optional; defaults to the host name, which is unique per ECS task",
+    "AWS_ENDPOINT_URL": "points the SDK at an AWS emulator in tests; must stay unset on AWS",
+    "AWS_DEFAULT_REGION": "alternative spelling of AWS_REGION, which the sidecar gets",
+    "AWS_ACCESS_KEY_ID": "credentials come from the task/function role, never from variables",
+    "AWS_SECRET_ACCESS_KEY": "credentials come from the task/function role, never from variables",
+    "AWS_SESSION_TOKEN": "credentials come from the task/function role, never from variables",
+}
+# Lambda only: the runtime sets these and they are reserved (CloudFormation refuses them).
+EXEMPT_FROM_LAMBDA = {
+    "AWS_REGION": "reserved Lambda runtime variable, always set by Lambda",
+}
+# Variables .env.example need not document.
+EXEMPT_FROM_ENV_EXAMPLE = {
+    "ECS_CONTAINER_METADATA_URI_V4": "injected by ECS only",
+    "HOSTNAME": "set by the container runtime",
+    "AWS_DEFAULT_REGION": "AWS_REGION is documented instead",
+    "AWS_SESSION_TOKEN": "temporary credentials are never put in a file",
+}
+
+SECRET_NAME = re.compile(r"(^|_)(SECRET|PASSWORD|PASS|TOKEN|CREDENTIALS?)(_|$)|_KEY$|ACCESS_KEY")
+# Names that look like secrets but are not (none today); name -> reason.
+NOT_SECRET = {}
+# URLs whose value carries credentials by design: always from Secrets Manager.
+CREDENTIAL_URLS = {"REDIS_URL", "RABBITMQ_URL"}
+URL_WITH_CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s@:]*:[^/\s@]+@", re.I)
+
+
+# ----------------------------------------------------------------------------------------------------------
+class CfnLoader(yaml.SafeLoader):
+    """YAML loader that turns CloudFormation short tags (!Ref, !Sub, ...) into their long forms."""
+
+
+def _cfn_tag(loader, suffix, node):
+    name = "Ref" if suffix == "Ref" else ("Fn::GetAtt" if suffix == "GetAtt" else f"Fn::{suffix}")
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def read_yaml(path):
+    with open(path, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=CfnLoader)
+
+
+def strip_tests(source: str) -> str:
+    """Drops `#[cfg(test)]` modules (everything from the first one: they sit at the end of our files)."""
+    cut = source.find("#[cfg(test)]")
+    return source if cut < 0 else source[:cut]
+
+
+def variables_from_code(root):
+    found = {}
+    for component, patterns in CODE_SOURCES.items():
+        for pattern in patterns:
+            for path in sorted(glob.glob(os.path.join(root, pattern))):
+                with open(path, encoding="utf-8") as fh:
+                    text = strip_tests(fh.read())
+                for match in list(HELPER_CALL.finditer(text)) + list(ENV_VAR_CALL.finditer(text)):
+                    found.setdefault(component, {}).setdefault(match.group(1), set()).add(
+                        os.path.relpath(path, root))
+    return found
+
+
+def required_by_component(root):
+    """component -> {variable: [where it comes from]} (SPEC and code)."""
+    required = {c: {} for c in TARGETS}
+
+    def add(component, name, origin):
+        users = SHARED_USERS if component == "shared" else (component,)
+        for user in users:
+            required[user].setdefault(name, set()).add(origin)
+
+    for component, names in SPEC_SECTION_7.items():
+        for name in names:
+            add(component, name, "SPEC §7")
+    for component, names in variables_from_code(root).items():
+        for name, files in names.items():
+            for f in files:
+                add(component, name, f)
+    return required
+
+
+# ----------------------------------------------------------------------------------------------------------
+def _alternatives(item):
+    """An Environment/Secrets list item, or each branch of an Fn::If around it."""
+    if isinstance(item, dict) and "Fn::If" in item:
+        _, yes, no = item["Fn::If"]
+        return _alternatives(yes) + _alternatives(no)
+    if isinstance(item, dict) and item.get("Ref") == "AWS::NoValue":
+        return []
+    return [item]
+
+
+def _list(value):
+    """A property that is a list, possibly wrapped in Fn::If (both branches count)."""
+    if isinstance(value, dict) and "Fn::If" in value:
+        _, yes, no = value["Fn::If"]
+        return _list(yes) + _list(no)
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            out.extend(_alternatives(item))
+        return out
+    return []
+
+
+def containers(template):
+    """(resource logical id, container definition) for every ECS container."""
+    for logical_id, resource in (template.get("Resources") or {}).items():
+        if resource.get("Type") != "AWS::ECS::TaskDefinition":
+            continue
+        for container in _list(resource.get("Properties", {}).get("ContainerDefinitions")):
+            if isinstance(container, dict):
+                yield logical_id, container
+
+
+def lambdas(template):
+    for logical_id, resource in (template.get("Resources") or {}).items():
+        if resource.get("Type") == "AWS::Lambda::Function":
+            yield logical_id, resource
+
+
+def plain_values(container):
+    """name -> value for the container's Environment entries."""
+    out = {}
+    for item in _list(container.get("Environment")):
+        if isinstance(item, dict) and "Name" in item:
+            out[item["Name"]] = item.get("Value")
+    return out
+
+
+def secret_names(container):
+    return {item["Name"] for item in _list(container.get("Secrets")) if isinstance(item, dict) and "Name" in item}
+
+
+def is_secret_name(name):
+    if name in NOT_SECRET:
+        return False
+    return bool(SECRET_NAME.search(name)) or name in CREDENTIAL_URLS
+
+
+def check_plain_values(where, values, problems):
+    for name, value in values.items():
+        if is_secret_name(name):
+            problems.append(f"{where}: {name} looks secret but is a plain Environment value "
+                            f"(use Secrets / Secrets Manager)")
+        if isinstance(value, str) and URL_WITH_CREDENTIALS.search(value):
+            problems.append(f"{where}: {name} is a URL carrying credentials as a plain value")
+
+
+# ----------------------------------------------------------------------------------------------------------
+def check_structure(root, template, compose, problems):
+    res = template.get("Resources") or {}
+    agent_services = [r for r in res.values() if r.get("Type") == "AWS::ECS::Service"
+                      and "agent" in str(r.get("Properties", {}).get("ServiceName", ""))]
+    if not agent_services:
+        problems.append("ecs/euglena.yaml: no agent ECS service found")
+    for svc in agent_services:
+        if "DesiredCount" in svc.get("Properties", {}):
+            problems.append("ecs/euglena.yaml: the agent service sets DesiredCount; it would reset the "
+                            "autoscaler Lambda's value on every stack update")
+    for _, c in containers(template):
+        if c.get("Name") == "agent" and c.get("StopTimeout") != 120:
+            problems.append("ecs/euglena.yaml: the agent container's StopTimeout must be 120")
+    for _, fn in lambdas(template):
+        p = fn.get("Properties", {})
+        if p.get("Runtime") != "provided.al2023" or p.get("Handler") != "bootstrap":
+            problems.append("ecs/euglena.yaml: the autoscaler must use provided.al2023 with handler bootstrap")
+    rules = [r for r in res.values() if r.get("Type") == "AWS::Events::Rule"]
+    if not any(r.get("Properties", {}).get("ScheduleExpression") == "rate(2 minutes)" for r in rules):
+        problems.append("ecs/euglena.yaml: no EventBridge rule with rate(2 minutes)")
+
+    services = (compose or {}).get("services") or {}
+    for required in ("redis", "rabbitmq", "qdrant", "gateway", "agent", "metrics-sidecar"):
+        if required not in services:
+            problems.append(f"docker-compose.yml: service {required} is missing")
+    agent = services.get("agent") or {}
+    if "container_name" in agent or "ports" in agent:
+        problems.append("docker-compose.yml: agent must have no container_name and no host ports "
+                        "(--scale agent=N)")
+    for name in ("gateway", "agent", "metrics-sidecar"):
+        svc = services.get(name) or {}
+        if "healthcheck" not in svc:
+            problems.append(f"docker-compose.yml: {name} has no healthcheck")
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            if not isinstance(cond, dict) or cond.get("condition") != "service_healthy":
+                problems.append(f"docker-compose.yml: {name} depends on {dep} without service_healthy")
+
+
+def check_dockerfiles(root, problems):
+    """The three images: cargo-chef caching, one locked package, non-root, HEALTHCHECK, EXPOSE."""
+    for package, port in (("gateway", 8080), ("agent", 8081), ("metrics-sidecar", 8082)):
+        path = os.path.join(root, "docker", f"{package}.Dockerfile")
+        where = f"docker/{package}.Dockerfile"
+        if not os.path.exists(path):
+            problems.append(f"{where} is missing")
+            continue
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        required = {
+            "cargo chef prepare": "dependency recipe (cargo chef prepare)",
+            "cargo chef cook": "dependency caching (cargo chef cook)",
+            f"cargo build --release --locked -p {package}": f"a locked release build of -p {package}",
+            "FROM debian:bookworm-slim": "a debian:bookworm-slim runtime stage",
+            "HEALTHCHECK": "a HEALTHCHECK",
+            f"EXPOSE {port}": f"EXPOSE {port}",
+        }
+        for needle, what in required.items():
+            if needle not in text:
+                problems.append(f"{where}: needs {what}")
+        users = re.findall(r"^USER\s+(\S+)", text, re.M)
+        if not users or users[-1].split(":")[0] in ("root", "0"):
+            problems.append(f"{where}: the runtime stage must run as a non-root USER")
+    agent = os.path.join(root, "docker", "agent.Dockerfile")
+    if os.path.exists(agent):
+        with open(agent, encoding="utf-8") as fh:
+            text = fh.read()
+        for needle in ("chromium", "fetch-embedding-model.sh", "/opt/models/all-MiniLM-L6-v2"):
+            if needle not in text:
+                problems.append(f"docker/agent.Dockerfile: needs {needle}")
+
+
+def env_example_names(path):
+    names, values = set(), {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            m = re.match(r"^\s*(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$", line.rstrip("\n"))
+            if m:
+                names.add(m.group(2))
+                if not m.group(1):
+                    values[m.group(2)] = m.group(3)
+    return names, values
+
+
+def main(root):
+    problems = []
+    template_path = os.path.join(root, "ecs", "euglena.yaml")
+    template = read_yaml(template_path)
+    compose = read_yaml(os.path.join(root, "docker-compose.yml"))
+    example_names, example_values = env_example_names(os.path.join(root, ".env.example"))
+    required = required_by_component(root)
+
+    by_container = {c.get("Name"): c for _, c in containers(template)}
+    lambda_vars = {}
+    for _, fn in lambdas(template):
+        lambda_vars.update(((fn.get("Properties", {}).get("Environment") or {}).get("Variables") or {}))
+
+    print("Variables the binaries read (SPEC §7 + settings code), by component:")
+    for component, names in required.items():
+        print(f"  {component:8} {' '.join(sorted(names))}")
+    print("Exempt from ECS/Lambda: " + "; ".join(f"{k} ({v})" for k, v in EXEMPT_FROM_AWS.items()))
+    print("Exempt from the Lambda only: " + "; ".join(f"{k} ({v})" for k, v in EXEMPT_FROM_LAMBDA.items()))
+    print("Exempt from .env.example: " + "; ".join(f"{k} ({v})" for k, v in EXEMPT_FROM_ENV_EXAMPLE.items()))
+
+    for component, names in required.items():
+        kind, container_name = TARGETS[component]
+        if kind == "AWS::ECS::TaskDefinition":
+            container = by_container.get(container_name)
+            if container is None:
+                problems.append(f"ecs/euglena.yaml: no container named {container_name}")
+                continue
+            present = set(plain_values(container)) | secret_names(container)
+            where = f"ecs/euglena.yaml container {container_name}"
+        else:
+            present = set(lambda_vars)
+            where = "ecs/euglena.yaml autoscaler Lambda"
+        for name in sorted(names):
+            if name in EXEMPT_FROM_AWS or (kind == "AWS::Lambda::Function" and name in EXEMPT_FROM_LAMBDA):
+                continue
+            if name not in present:
+                origins = ", ".join(sorted(names[name]))
+                problems.append(f"{where}: {name} is not set (read by {component}; from {origins})")
+        for name in sorted(names):
+            if name not in example_names and name not in EXEMPT_FROM_ENV_EXAMPLE:
+                problems.append(f".env.example: {name} is not documented (read by {component})")
+
+    for _, container in containers(template):
+        check_plain_values(f"ecs/euglena.yaml container {container.get('Name')}", plain_values(container), problems)
+        for name in CREDENTIAL_URLS & set(plain_values(container)):
+            problems.append(f"ecs/euglena.yaml container {container.get('Name')}: {name} must come from Secrets")
+    check_plain_values("ecs/euglena.yaml autoscaler Lambda", lambda_vars, problems)
+
+    for name, value in example_values.items():
+        if is_secret_name(name) and value and "change-me" not in value:
+            problems.append(f".env.example: {name} must be empty or a change-me placeholder")
+        if URL_WITH_CREDENTIALS.search(value or "") and "change-me" not in value:
+            problems.append(f".env.example: {name} carries credentials that are not a change-me placeholder")
+
+    check_structure(root, template, compose, problems)
+    check_dockerfiles(root, problems)
+
+    if problems:
+        print(f"\nFAILED: {len(problems)} problem(s)", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    print("env-var coverage, secret hygiene, compose/template/Dockerfile structure: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else os.getcwd()))
