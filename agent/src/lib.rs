@@ -1,20 +1,31 @@
-//! The Euglena-rs agent worker runtime (issue 3): everything around a task's reasoning.
+//! The Euglena-rs agent worker: the runtime around a task, and the mind that runs it.
 //!
+//! Runtime (issue 3):
 //! [`consumer`] takes messages from `agent.mandates` and reconnects when the broker restarts;
 //! [`worker`] runs each delivery through a [`executor::TaskExecutor`] (the tick loop of issue 4 plugs in
 //! there) with forward-only statuses, heartbeats and once-only refunds; [`presence`] heartbeats the worker
 //! into `workers:status`; [`protection`] holds ECS scale-in protection while busy; [`health`] serves
 //! `GET /health`; [`startup`] wires it all and drains on SIGTERM.
+//!
+//! Mind (issue 4): [`mind`] runs the tick loop, building prompts with [`prompt`], calling the model
+//! through [`llm`] and reading its answers with [`tick`]; actions use [`search`] and [`browser`] (guarded
+//! by [`ssrf`]); memory lives in [`memory`] with embeddings from [`embedding`].
 
 pub mod backoff;
+pub mod browser;
 pub mod consumer;
 pub mod error;
 pub mod executor;
 pub mod health;
+pub mod llm;
 pub mod presence;
+pub mod prompt;
 pub mod protection;
+pub mod search;
 pub mod settings;
+pub mod ssrf;
 pub mod startup;
+pub mod tick;
 pub mod worker;
 
 pub use error::AgentError;

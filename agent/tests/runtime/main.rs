@@ -11,4 +11,5 @@ mod disruptive;
 mod helpers;
 mod process;
 mod store;
+mod web;
 mod worker;

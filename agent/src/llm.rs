@@ -1,0 +1,241 @@
+//! The language model: one chat completion per call against any OpenAI-compatible server (OpenAI, vLLM,
+//! Ollama, llama.cpp's server), through async-openai.
+//!
+//! Every call is bounded: a timeout per attempt, and a bounded number of retries with exponential
+//! backoff on 429, 5xx, timeouts and transport errors. A task therefore never hangs on a dead model
+//! server; it gets an [`LlmError`] that says whether another delivery could help.
+
+use crate::prompt::{Message, Role};
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::types::chat::{
+    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessageArgs,
+    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs, ResponseFormat,
+};
+use secrecy::{ExposeSecret, SecretString};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How to reach the model.
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    /// `MODEL_API_URL`: the OpenAI-compatible base URL (ending in `/v1`).
+    pub api_url: String,
+    /// `MODEL_NAME`.
+    pub model: String,
+    /// `OPENAI_API_KEY`; local servers usually need none.
+    pub api_key: Option<SecretString>,
+    /// `MODEL_TIMEOUT_SECONDS`: the longest one attempt may take.
+    pub timeout: Duration,
+    /// `MODEL_MAX_RETRIES`: retries after the first attempt, on 429/5xx/timeouts.
+    pub max_retries: u32,
+    /// `MODEL_RETRY_BASE_MS`: the first backoff; it doubles each retry, capped at 10 s.
+    pub retry_base: Duration,
+}
+
+/// Why the model gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LlmError {
+    /// Every attempt timed out.
+    #[error("the model did not answer within {0:?} (after retries)")]
+    Timeout(Duration),
+    /// The server kept answering 429 or 5xx.
+    #[error("the model server is unavailable: HTTP {status} (after retries): {message}")]
+    Unavailable {
+        /// The last status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The server refused the request (4xx other than 429): retrying will not help.
+    #[error("the model server refused the request: HTTP {status}: {message}")]
+    Rejected {
+        /// The status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The connection failed (after retries).
+    #[error("cannot reach the model server: {0}")]
+    Transport(String),
+    /// The answer had no content.
+    #[error("the model answered with no content")]
+    Empty,
+    /// The task was cancelled while waiting.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl LlmError {
+    /// Whether another delivery of the task, later, could succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            LlmError::Timeout(_) | LlmError::Unavailable { .. } | LlmError::Transport(_)
+        )
+    }
+}
+
+/// What one attempt produced.
+enum Attempt {
+    Done(String),
+    Retry(LlmError),
+    Fail(LlmError),
+}
+
+/// A chat-completions client.
+#[derive(Debug, Clone)]
+pub struct Llm {
+    client: Client<OpenAIConfig>,
+    settings: LlmSettings,
+}
+
+impl Llm {
+    /// A client for `settings`.
+    pub fn new(settings: LlmSettings) -> Self {
+        let mut config = OpenAIConfig::new().with_api_base(settings.api_url.trim_end_matches('/'));
+        // async-openai sends `Authorization: Bearer` only with a key; local servers need none.
+        config = config.with_api_key(
+            settings
+                .api_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned())
+                .unwrap_or_default(),
+        );
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("a reqwest client with timeouts always builds");
+        Self {
+            client: Client::with_config(config).with_http_client(http),
+            settings,
+        }
+    }
+
+    /// The model's name.
+    pub fn model(&self) -> &str {
+        &self.settings.model
+    }
+
+    /// One completion of `messages`, asking for a JSON object. `conversation` (the task id) goes in the
+    /// request's `user` field, which providers use for abuse tracking and the fixture model for scripts.
+    ///
+    /// # Errors
+    /// [`LlmError`] after the bounded retries.
+    pub async fn complete(
+        &self,
+        messages: &[Message],
+        conversation: &str,
+        cancel: &CancellationToken,
+    ) -> Result<String, LlmError> {
+        let request = CreateChatCompletionRequestArgs::default()
+            .model(self.settings.model.clone())
+            .messages(to_openai(messages))
+            .response_format(ResponseFormat::JsonObject)
+            .user(conversation.to_owned())
+            .build()
+            .map_err(|e| LlmError::Rejected {
+                status: 0,
+                message: e.to_string(),
+            })?;
+        let mut backoff = self.settings.retry_base;
+        let mut attempt = 0;
+        loop {
+            let outcome = tokio::select! {
+                () = cancel.cancelled() => return Err(LlmError::Cancelled),
+                outcome = self.attempt(request.clone()) => outcome,
+            };
+            match outcome {
+                Attempt::Done(text) => return Ok(text),
+                Attempt::Fail(error) => return Err(error),
+                Attempt::Retry(error) if attempt >= self.settings.max_retries => return Err(error),
+                Attempt::Retry(error) => {
+                    attempt += 1;
+                    tracing::warn!(%error, attempt, retry_in = ?backoff, "model call failed; retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => return Err(LlmError::Cancelled),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        request: async_openai::types::chat::CreateChatCompletionRequest,
+    ) -> Attempt {
+        let chat = self.client.chat();
+        let call = chat.create(request);
+        // The HTTP client has the same timeout; this bounds body decoding and anything else too.
+        let response = match tokio::time::timeout(self.settings.timeout, call).await {
+            Err(_) => return Attempt::Retry(LlmError::Timeout(self.settings.timeout)),
+            Ok(response) => response,
+        };
+        match response {
+            Ok(response) => {
+                let content = response
+                    .choices
+                    .into_iter()
+                    .next()
+                    .and_then(|choice| choice.message.content)
+                    .filter(|c| !c.trim().is_empty());
+                match content {
+                    Some(text) => Attempt::Done(text),
+                    None => Attempt::Fail(LlmError::Empty),
+                }
+            }
+            Err(OpenAIError::ApiError(error)) => {
+                let status = error.status_code.as_u16();
+                let message = error.api_error.message.clone();
+                if status == 429 || error.status_code.is_server_error() {
+                    Attempt::Retry(LlmError::Unavailable { status, message })
+                } else {
+                    Attempt::Fail(LlmError::Rejected { status, message })
+                }
+            }
+            Err(OpenAIError::Reqwest(error)) if error.is_timeout() => {
+                Attempt::Retry(LlmError::Timeout(self.settings.timeout))
+            }
+            Err(OpenAIError::Reqwest(error)) => match error.status() {
+                Some(status) if status.as_u16() == 429 || status.is_server_error() => {
+                    Attempt::Retry(LlmError::Unavailable {
+                        status: status.as_u16(),
+                        message: error.without_url().to_string(),
+                    })
+                }
+                Some(status) => Attempt::Fail(LlmError::Rejected {
+                    status: status.as_u16(),
+                    message: error.without_url().to_string(),
+                }),
+                None => Attempt::Retry(LlmError::Transport(error.without_url().to_string())),
+            },
+            // A body that is not a chat completion: garbage from the server; the tick is charged.
+            Err(other) => Attempt::Fail(LlmError::Rejected {
+                status: 200,
+                message: other.to_string(),
+            }),
+        }
+    }
+}
+
+fn to_openai(messages: &[Message]) -> Vec<ChatCompletionRequestMessage> {
+    messages
+        .iter()
+        .map(|m| match m.role {
+            Role::System => ChatCompletionRequestSystemMessageArgs::default()
+                .content(m.content.clone())
+                .build()
+                .expect("a system message with content always builds")
+                .into(),
+            Role::User => ChatCompletionRequestUserMessageArgs::default()
+                .content(m.content.clone())
+                .build()
+                .expect("a user message with content always builds")
+                .into(),
+        })
+        .collect()
+}
