@@ -5,13 +5,34 @@
 # `moto_server` is missing there, starts `moto_server` in the background when nothing answers on the port,
 # waits (bounded) until it answers, and prints the endpoint to export as AWS_ENDPOINT_URL.
 #
-#   MOTO_PORT   port to use (default 5055)
+#   scripts/ensure-moto.sh               prints the endpoint (http://127.0.0.1:5055)
+#   scripts/ensure-moto.sh --print-env   prints `export AWS_ENDPOINT_URL=...`, for eval
+#   MOTO_PORT                            port to use (default 5055)
+#
+# Progress goes to stderr, so stdout holds only the answer.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo_root/.venv"
 port="${MOTO_PORT:-5055}"
 endpoint="http://127.0.0.1:${port}"
+
+case "${1:-}" in
+    "") print_env="" ;;
+    --print-env) print_env=1 ;;
+    *)
+        echo "usage: $0 [--print-env]" >&2
+        exit 2
+        ;;
+esac
+
+report() {
+    if [[ -n "$print_env" ]]; then
+        echo "export AWS_ENDPOINT_URL=$endpoint"
+    else
+        echo "$endpoint"
+    fi
+}
 log_dir="$venv"
 log_file="$log_dir/moto-server.log"
 
@@ -27,7 +48,7 @@ PY
 }
 
 if answers; then
-    echo "$endpoint"
+    report
     exit 0
 fi
 
@@ -60,4 +81,4 @@ until answers; do
     sleep 0.5
 done
 
-echo "$endpoint"
+report

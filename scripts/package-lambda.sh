@@ -23,6 +23,15 @@ staging="$(mktemp -d)"
 trap 'rm -rf "$staging"' EXIT
 cp "$binary" "$staging/bootstrap"
 chmod 755 "$staging/bootstrap"
+# provided.al2023 ships glibc 2.34: refuse a binary that needs newer symbols (a build host newer than
+# Debian bookworm could link some).
+if command -v objdump >/dev/null 2>&1; then
+    newest_glibc="$(objdump -T "$staging/bootstrap" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)"
+    if [[ -n "$newest_glibc" ]] && [[ "$(printf '%s\n2.34\n' "$newest_glibc" | sort -V | tail -n 1)" != "2.34" ]]; then
+        echo "package-lambda: bootstrap needs glibc $newest_glibc, but provided.al2023 has 2.34" >&2
+        exit 1
+    fi
+fi
 # Symbols are useless in Lambda and make up most of the file; strip the copy, not the build output.
 if command -v strip >/dev/null 2>&1; then
     strip "$staging/bootstrap"

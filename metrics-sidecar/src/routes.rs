@@ -1,0 +1,36 @@
+//! `GET /health` (the last figures and the time of the last successful put, as JSON) and `GET /metrics`
+//! (the same in Prometheus text format).
+
+use crate::state::SharedState;
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+
+/// The sidecar's router.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn health(State(state): State<SharedState>) -> impl IntoResponse {
+    let snapshot = state.snapshot();
+    let mut body = serde_json::to_value(&snapshot).unwrap_or_default();
+    if let Some(object) = body.as_object_mut() {
+        object.insert("status".into(), snapshot.status().into());
+    }
+    Json(body)
+}
+
+async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.snapshot().to_prometheus(),
+    )
+}
