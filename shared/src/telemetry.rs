@@ -1,4 +1,7 @@
 //! Telemetry: JSON log lines by default, `LOG_FORMAT=pretty` for humans, filtered by `RUST_LOG`.
+//!
+//! Logs go to stderr, so a command's own output on stdout (e.g. `autoscaler-lambda once`) stays clean;
+//! ECS, Lambda and Docker collect both streams.
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
@@ -36,6 +39,7 @@ pub fn init(service: &'static str, format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,amq_protocol=warn"));
     let result = match format {
         LogFormat::Json => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
             .json()
             .with_current_span(true)
             .with_span_list(false)
