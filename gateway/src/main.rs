@@ -5,6 +5,10 @@ use gateway::{Application, Settings};
 use shared::telemetry::{self, LogFormat};
 use std::process::ExitCode;
 
+/// mimalloc: the gateway allocates many small, short-lived buffers per request; measured in bench/.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
