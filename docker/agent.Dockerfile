@@ -42,6 +42,7 @@ RUN apt-get update \
 COPY --from=model /opt/models/all-MiniLM-L6-v2 /opt/models/all-MiniLM-L6-v2
 COPY --from=builder /usr/local/bin/agent /usr/local/bin/agent
 ENV HEALTH_PORT=8081 \
+    RAYON_NUM_THREADS=1 \
     CHROMIUM_PATH=/usr/bin/chromium \
     EMBEDDING_MODEL_DIR=/opt/models/all-MiniLM-L6-v2 \
     QDRANT_PATH=/var/lib/euglena/qdrant \

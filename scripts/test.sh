@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace against real services: installs and starts what the tests need
-# (Redis, RabbitMQ, moto), then the tests that share the services in parallel, then the ones that
-# restart a service ("disruptive") alone.
+# Runs every test of the workspace against real services. First it installs and starts what the tests
+# need (Redis, RabbitMQ with its management plugin, Chromium, the moto AWS emulator, the embedding model),
+# skipping whatever is already there; then it runs the tests that share those services in parallel, then
+# the ones that restart a service ("disruptive") one at a time, then the offline deployment checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/ensure-services.sh
-if [ -x scripts/ensure-moto.sh ]; then
-  eval "$(scripts/ensure-moto.sh --print-env)"
-fi
+scripts/ensure-chromium.sh
+eval "$(scripts/ensure-moto.sh --print-env)"
+EMBEDDING_MODEL_DIR=$(scripts/fetch-embedding-model.sh | tail -n 1)
+export EMBEDDING_MODEL_DIR
+# One thread per embedding: on two cores, candle's thread pool only adds contention.
+export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast -E 'not test(/disruptive/)'
@@ -18,3 +22,5 @@ else
   cargo test --workspace --no-fail-fast -- --skip disruptive
   cargo test --workspace --no-fail-fast -- --test-threads=1 disruptive
 fi
+
+scripts/check-deploy.sh

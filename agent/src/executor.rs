@@ -2,8 +2,8 @@
 //!
 //! The runtime owns everything around a task (taking the message, statuses, heartbeats, refunds, acks,
 //! shutdown); an executor only turns a mandate into a [`TaskResult`], reporting each tick through the
-//! [`TickReporter`] it is given. The tick loop of issue 4 implements this trait; until it lands the
-//! production binary runs [`NotImplementedExecutor`], which fails every task honestly.
+//! [`TickReporter`] it is given. The production implementation is [`crate::mind::Mind`]; the tests use
+//! scripted ones.
 
 use shared::task::{TaskMessage, TaskResult};
 use std::future::Future;
@@ -79,24 +79,5 @@ impl TickReporter {
     /// The ticks reported so far.
     pub fn current(&self) -> u32 {
         *self.sender.borrow()
-    }
-}
-
-/// The error every task gets until the tick loop exists.
-pub const NOT_IMPLEMENTED: &str = "the agent's tick loop is not implemented yet (issue 4)";
-
-/// Fails every task at once with [`NOT_IMPLEMENTED`], so the binary is honest until issue 4 lands: the
-/// runtime marks the task failed, refunds all its ticks and acks the message.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NotImplementedExecutor;
-
-impl TaskExecutor for NotImplementedExecutor {
-    async fn execute(
-        &self,
-        _task: TaskContext,
-        _ticks: TickReporter,
-        _cancel: CancellationToken,
-    ) -> Result<TaskResult, ExecutionError> {
-        Err(ExecutionError::Fatal(NOT_IMPLEMENTED.to_owned()))
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Runtime (issue 3):
 //! [`consumer`] takes messages from `agent.mandates` and reconnects when the broker restarts;
-//! [`worker`] runs each delivery through a [`executor::TaskExecutor`] (the tick loop of issue 4 plugs in
+//! [`worker`] runs each delivery through a [`executor::TaskExecutor`] (the mind plugs in
 //! there) with forward-only statuses, heartbeats and once-only refunds; [`presence`] heartbeats the worker
 //! into `workers:status`; [`protection`] holds ECS scale-in protection while busy; [`health`] serves
 //! `GET /health`; [`startup`] wires it all and drains on SIGTERM.
@@ -14,10 +14,13 @@
 pub mod backoff;
 pub mod browser;
 pub mod consumer;
+pub mod embedding;
 pub mod error;
 pub mod executor;
 pub mod health;
 pub mod llm;
+pub mod memory;
+pub mod mind;
 pub mod presence;
 pub mod prompt;
 pub mod protection;

@@ -9,6 +9,7 @@ use crate::prompt::{Message, Role};
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
+use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
     ChatCompletionRequestMessage, ChatCompletionRequestSystemMessageArgs,
     ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs, ResponseFormat,
@@ -108,10 +109,12 @@ impl Llm {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("a reqwest client with timeouts always builds");
-        Self {
-            client: Client::with_config(config).with_http_client(http),
-            settings,
-        }
+        // A plain transport: async-openai's default one retries 429/5xx three times on its own, which
+        // would multiply with the retries below.
+        let client = Client::with_config(config)
+            .with_http_client(http.clone())
+            .with_http_service(ReqwestService::new(http));
+        Self { client, settings }
     }
 
     /// The model's name.

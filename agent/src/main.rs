@@ -1,7 +1,7 @@
-//! `agent`: the worker binary. Until the tick loop lands (issue 4) it runs the real runtime with an
-//! executor that fails every task at once, saying so; the runtime then refunds the ticks and acks.
+//! `agent`: the worker binary. Settings, telemetry, the mind (model, search, browser, memory), then the
+//! runtime until SIGTERM; the browser is closed on the way out.
 
-use agent::executor::NotImplementedExecutor;
+use agent::mind::Mind;
 use agent::{AgentSettings, Application};
 use anyhow::Context;
 use shared::telemetry::{self, LogFormat};
@@ -21,10 +21,17 @@ async fn main() -> ExitCode {
 async fn run() -> anyhow::Result<()> {
     telemetry::init("agent", LogFormat::from_env()?);
     let settings = AgentSettings::from_env().context("invalid settings")?;
-    let app = Application::build(settings, NotImplementedExecutor)
+    let mind = Mind::build(&settings.mind)
+        .await
+        .context("cannot start the mind")?;
+    let visitor = mind.visitor().clone();
+    let app = Application::build(settings, mind)
         .await
         .context("cannot start")?;
-    app.run_until_stopped(shared::shutdown::shutdown_signal())
+    let result = app
+        .run_until_stopped(shared::shutdown::shutdown_signal())
         .await
-        .context("stopped with an error")
+        .context("stopped with an error");
+    visitor.shutdown().await;
+    result
 }

@@ -3,7 +3,12 @@
 //! Durations that tests need short (`AGENT_STATUS_TIME`, `SHUTDOWN_GRACE_SECONDS`,
 //! `ECS_PROTECTION_RENEW_SECONDS`, `STARTUP_TIMEOUT_SECONDS`) accept fractional seconds, e.g. `0.5`.
 
+use crate::browser::BrowserSettings;
+use crate::llm::LlmSettings;
+use crate::search::{SearchProvider, SearchSettings};
+use secrecy::SecretString;
 use shared::settings::{CommonSettings, Reader, SettingsError, Source};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the agent runtime reads from the environment.
@@ -29,6 +34,109 @@ pub struct AgentSettings {
     pub protection_renew: Duration,
     /// `WORKER_ID`: overrides the derived worker id (ECS task id, or hostname plus a short uuid).
     pub worker_id: Option<String>,
+    /// What the tick loop needs: model, search, browser, memory.
+    pub mind: MindSettings,
+}
+
+/// The tick loop's settings (SPEC section 5 and 7).
+#[derive(Debug, Clone)]
+pub struct MindSettings {
+    /// The model (`MODEL_API_URL`, `MODEL_NAME`, `OPENAI_API_KEY`, `MODEL_TIMEOUT_SECONDS`,
+    /// `MODEL_MAX_RETRIES`, `MODEL_RETRY_BASE_MS`).
+    pub llm: LlmSettings,
+    /// The web search API (`SEARCH_API_URL`, `SEARCH_API_KEY`, `SEARCH_PROVIDER`); SEARCH reports that it is
+    /// not configured when the URL is unset.
+    pub search: Option<SearchSettings>,
+    /// The browser (`CHROMIUM_PATH`, `VISIT_TIMEOUT_SECONDS`, `VISIT_TEXT_CHARS`).
+    pub browser: BrowserSettings,
+    /// `VISIT_ALLOWLIST`: hosts VISIT may reach even on private, loopback or link-local addresses.
+    pub visit_allowlist: String,
+    /// Vector memory.
+    pub memory: MemorySettings,
+}
+
+/// Where memory lives.
+#[derive(Debug, Clone)]
+pub struct MemorySettings {
+    /// `MEMORY_ENABLED` (default true): with false, memory writes and queries are ignored (for machines
+    /// without the embedding model).
+    pub enabled: bool,
+    /// `QDRANT_URL`: a Qdrant server; the embedded store is used when unset.
+    pub qdrant_url: Option<String>,
+    /// `QDRANT_API_KEY`: for a Qdrant server that needs one.
+    pub qdrant_api_key: Option<SecretString>,
+    /// `QDRANT_PATH`: the embedded store's directory (default `data/qdrant`).
+    pub qdrant_path: PathBuf,
+    /// `EMBEDDING_MODEL_DIR`: all-MiniLM-L6-v2's `model.safetensors`, `tokenizer.json`, `config.json`
+    /// (default `/opt/models/all-MiniLM-L6-v2`, where the agent image puts them).
+    pub model_dir: PathBuf,
+}
+
+impl MindSettings {
+    /// Reads the tick loop's settings.
+    ///
+    /// # Errors
+    /// [`SettingsError`] naming the first invalid variable.
+    pub fn from_source<S: Source>(reader: &Reader<S>) -> Result<Self, SettingsError> {
+        let api_url = reader.string_or("MODEL_API_URL", "https://api.openai.com/v1");
+        if reqwest::Url::parse(&api_url).is_err() {
+            return Err(SettingsError::Invalid {
+                name: "MODEL_API_URL",
+                reason: format!("not a URL: {api_url:?}"),
+            });
+        }
+        let llm = LlmSettings {
+            api_url,
+            model: reader.string_or("MODEL_NAME", "gpt-4o-mini"),
+            api_key: reader.secret("OPENAI_API_KEY"),
+            timeout: seconds(reader, "MODEL_TIMEOUT_SECONDS", 60.0, 0.1, 600.0)?,
+            max_retries: reader.ranged("MODEL_MAX_RETRIES", 3, 0, 10)?,
+            retry_base: Duration::from_millis(reader.ranged(
+                "MODEL_RETRY_BASE_MS",
+                500,
+                1,
+                60_000,
+            )?),
+        };
+        let search = match reader.optional("SEARCH_API_URL") {
+            None => None,
+            Some(raw) => {
+                let url = url::Url::parse(&raw).map_err(|e| SettingsError::Invalid {
+                    name: "SEARCH_API_URL",
+                    reason: e.to_string(),
+                })?;
+                let provider: SearchProvider =
+                    reader.parse_or("SEARCH_PROVIDER", SearchProvider::default())?;
+                Some(SearchSettings::new(
+                    url,
+                    reader.secret("SEARCH_API_KEY"),
+                    provider,
+                ))
+            }
+        };
+        let browser = BrowserSettings {
+            chromium_path: PathBuf::from(reader.string_or("CHROMIUM_PATH", "/usr/bin/chromium")),
+            page_load_timeout: seconds(reader, "VISIT_TIMEOUT_SECONDS", 15.0, 0.5, 300.0)?,
+            text_budget: reader.ranged("VISIT_TEXT_CHARS", 8_000, 100, 1_000_000)?,
+            ..BrowserSettings::default()
+        };
+        let memory = MemorySettings {
+            enabled: reader.bool_or("MEMORY_ENABLED", true)?,
+            qdrant_url: reader.optional("QDRANT_URL"),
+            qdrant_api_key: reader.secret("QDRANT_API_KEY"),
+            qdrant_path: PathBuf::from(reader.string_or("QDRANT_PATH", "data/qdrant")),
+            model_dir: PathBuf::from(
+                reader.string_or("EMBEDDING_MODEL_DIR", "/opt/models/all-MiniLM-L6-v2"),
+            ),
+        };
+        Ok(Self {
+            llm,
+            search,
+            browser,
+            visit_allowlist: reader.string_or("VISIT_ALLOWLIST", ""),
+            memory,
+        })
+    }
 }
 
 impl AgentSettings {
@@ -88,6 +196,7 @@ impl AgentSettings {
             protection_expires_minutes,
             protection_renew,
             worker_id: reader.optional("WORKER_ID"),
+            mind: MindSettings::from_source(reader)?,
         })
     }
 }
@@ -157,6 +266,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.starts_with("AGENT_STATUS_TIME is invalid"), "{error}");
+    }
+
+    #[test]
+    fn the_mind_defaults_load_and_search_is_off_without_a_url() {
+        let settings = AgentSettings::from_source(&reader(&[])).unwrap();
+        let mind = settings.mind;
+        assert_eq!(mind.llm.api_url, "https://api.openai.com/v1");
+        assert_eq!(mind.llm.max_retries, 3);
+        assert!(mind.llm.api_key.is_none());
+        assert!(mind.search.is_none());
+        assert!(mind.memory.enabled);
+        assert_eq!(
+            mind.browser.chromium_path,
+            PathBuf::from("/usr/bin/chromium")
+        );
+    }
+
+    #[test]
+    fn an_unknown_search_provider_is_refused() {
+        let error = AgentSettings::from_source(&reader(&[
+            ("SEARCH_API_URL", "http://127.0.0.1:9/search"),
+            ("SEARCH_PROVIDER", "altavista"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("SEARCH_PROVIDER is invalid"), "{error}");
     }
 
     #[test]

@@ -73,6 +73,7 @@ EXEMPT_FROM_AWS = {
     "ECS_CONTAINER_METADATA_URI_V4": "injected by ECS (task metadata endpoint)",
     "HOSTNAME": "set by the container runtime",
     "WORKER_ID": "optional; defaults to the host name, which is unique per ECS task",
+    "QDRANT_API_KEY": "only for a Qdrant server that requires a key; the stack's Qdrant container does not",
     "AWS_ENDPOINT_URL": "points the SDK at an AWS emulator in tests; must stay unset on AWS",
     "AWS_DEFAULT_REGION": "alternative spelling of AWS_REGION, which the sidecar gets",
     "AWS_ACCESS_KEY_ID": "credentials come from the task/function role, never from variables",

@@ -19,8 +19,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Builds a reply from the request it answers (e.g. to echo text the agent put in its prompt).
+pub type ReplyFn = Arc<dyn Fn(&Value) -> Reply + Send + Sync>;
+
 /// One scripted reply.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Reply {
     /// Answer with this JSON value as the message content (serialised).
     Json(Value),
@@ -30,6 +33,34 @@ pub enum Reply {
     Status(u16),
     /// Wait, then give the inner reply.
     Delayed(Duration, Box<Reply>),
+    /// A reply computed from the request body.
+    Computed(ReplyFn),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Json(v) => f.debug_tuple("Json").field(v).finish(),
+            Reply::Text(t) => f.debug_tuple("Text").field(t).finish(),
+            Reply::Status(s) => f.debug_tuple("Status").field(s).finish(),
+            Reply::Delayed(d, r) => f.debug_tuple("Delayed").field(d).field(r).finish(),
+            Reply::Computed(_) => f.write_str("Computed(..)"),
+        }
+    }
+}
+
+/// The text of every message in a chat-completions request, joined.
+pub fn prompt_text(request: &Value) -> String {
+    request["messages"]
+        .as_array()
+        .map(|messages| {
+            messages
+                .iter()
+                .filter_map(|m| m["content"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
 }
 
 impl Reply {
@@ -193,6 +224,7 @@ async fn complete(State(state): State<Arc<Mutex<Scripts>>>, Json(body): Json<Val
                 )
                     .into_response();
             }
+            Reply::Computed(build) => reply = build(&body),
             Reply::Json(value) => return completion(&body, &script, &value.to_string()),
             Reply::Text(text) => return completion(&body, &script, &text),
         }

@@ -1,13 +1,30 @@
 //! The worker driven one delivery at a time (`try_execute_task`) against the real Redis and RabbitMQ.
 
 use crate::helpers::{FnExecutor, TestEnv, poll, result};
-use agent::executor::{NOT_IMPLEMENTED, NotImplementedExecutor};
+use agent::executor::ExecutionError;
 use agent::worker::{Handled, Stopping};
 use shared::Status;
 use shared::store::{Transition, transition};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+/// What an executor that refuses every task says.
+const REFUSED: &str = "refused before the first tick";
+
+/// An executor that fails every task at once, fatally, before its first tick.
+struct Refusing;
+
+impl agent::TaskExecutor for Refusing {
+    async fn execute(
+        &self,
+        _task: agent::TaskContext,
+        _ticks: agent::TickReporter,
+        _cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<shared::task::TaskResult, ExecutionError> {
+        Err(ExecutionError::Fatal(REFUSED.to_owned()))
+    }
+}
 
 #[tokio::test]
 async fn a_task_is_accepted_then_in_progress_on_its_first_tick_then_completed_with_a_refund()
@@ -81,7 +98,7 @@ async fn a_message_that_does_not_parse_is_rejected_into_the_dead_letter_queue() 
 {
     let env = TestEnv::new(3).await?;
     env.publish_raw(b"{not json").await?;
-    let worker = env.worker(NotImplementedExecutor, Stopping::default());
+    let worker = env.worker(Refusing, Stopping::default());
 
     let handled = worker.try_execute_task(env.next_delivery().await?).await;
 
@@ -165,18 +182,18 @@ async fn a_fatal_failure_ends_failed_and_refunds_the_unused_ticks() -> anyhow::R
 }
 
 #[tokio::test]
-async fn the_production_executor_fails_every_task_saying_the_tick_loop_is_missing()
+async fn a_task_that_fails_fatally_before_its_first_tick_is_failed_with_all_ticks_refunded()
 -> anyhow::Result<()> {
     let env = TestEnv::new(3).await?;
     let id = env.create_task("find things", 6).await?;
-    let worker = env.worker(NotImplementedExecutor, Stopping::default());
+    let worker = env.worker(Refusing, Stopping::default());
 
     let handled = worker.try_execute_task(env.next_delivery().await?).await;
 
-    assert_eq!(handled, Handled::Failed(NOT_IMPLEMENTED.into()));
+    assert_eq!(handled, Handled::Failed(REFUSED.into()));
     let record = env.record(id).await?;
     assert_eq!(record.status, Status::Failed);
-    assert_eq!(record.error.as_deref(), Some(NOT_IMPLEMENTED));
+    assert_eq!(record.error.as_deref(), Some(REFUSED));
     assert_eq!(
         env.quota_used().await?,
         0,

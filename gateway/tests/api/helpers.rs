@@ -272,41 +272,7 @@ impl Drop for TestApp {
         if let Some(server) = self.server.take() {
             server.abort();
         }
-        let queues = [self.queue.clone(), format!("{}.dlq", self.queue)];
-        let pattern = format!("{}*", self.keys.prefix());
-        // Clean up with fresh connections on a runtime of its own: Drop cannot await, and the test's
-        // runtime (which drives the test's connections) is blocked while we wait here.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let cleanup = async {
-                    if let Ok(amqp) =
-                        Connection::connect(RABBITMQ_URL, ConnectionProperties::default()).await
-                        && let Ok(channel) = amqp.create_channel().await
-                    {
-                        for queue in queues {
-                            let _ = channel
-                                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                                .await;
-                        }
-                        let _ = amqp.close(200, "test cleanup".into()).await;
-                    }
-                    if let Ok(client) = redis::Client::open(REDIS_URL)
-                        && let Ok(mut redis) = client.get_multiplexed_async_connection().await
-                    {
-                        let keys: Vec<String> = redis.keys(pattern).await.unwrap_or_default();
-                        if !keys.is_empty() {
-                            let _: Result<(), _> = redis.del(keys).await;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(5), cleanup).await;
-            });
-        })
-        .join();
+        euglena_tests::cleanup::remove_test_state(&self.queue, self.keys.prefix());
     }
 }
 

@@ -1,0 +1,1061 @@
+//! The agent's long-term memory: texts it chose to remember, recalled by meaning.
+//!
+//! [`Memory`] embeds texts with the in-process [`Embedder`] and keeps them in a [`VectorStore`], of which there
+//! are two (SPEC section 5): [`EdgeStore`], a qdrant-edge shard embedded in the agent process on local disk
+//! (used when `QDRANT_URL` is unset), and [`RemoteStore`], a collection on the Qdrant server at `QDRANT_URL`.
+//! [`Store`] is whichever of the two the settings chose.
+//!
+//! Isolation is the invariant that matters: every point carries `owner`, `task_id` and `text` in its payload,
+//! and every search filters on both `owner` and `task_id` (two `must` conditions), so one user's task never
+//! recalls another task's or another user's memories.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use qdrant_client::Qdrant;
+use qdrant_client::qdrant::{
+    Condition as RemoteCondition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    Distance as RemoteDistance, FieldType, Filter as RemoteFilter, PointStruct, QueryPointsBuilder,
+    UpsertPointsBuilder, VectorParamsBuilder, value::Kind,
+};
+use qdrant_edge::{
+    Condition, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams, FieldCondition,
+    FieldIndexOperations, Filter, JsonPath, Match, NamedQuery, Payload, PayloadFieldSchema,
+    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStructPersisted,
+    QueryEnum, QueryRequest, ScoringQuery, UpdateOperation, ValueVariants, VectorInternal,
+    VectorStructPersisted, WithPayloadInterface, WithVector,
+};
+use uuid::Uuid;
+
+use crate::embedding::{EMBEDDING_DIM, Embedder, EmbeddingError};
+
+/// Payload key of the user who owns a memory.
+pub const OWNER_KEY: &str = "owner";
+/// Payload key of the task a memory belongs to.
+pub const TASK_ID_KEY: &str = "task_id";
+/// Payload key of the remembered text.
+pub const TEXT_KEY: &str = "text";
+/// Collection name used on a Qdrant server when none is configured.
+pub const DEFAULT_COLLECTION: &str = "agent_memory";
+
+/// A remembered text returned by a search, with its cosine similarity to the query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recalled {
+    /// The text as it was remembered.
+    pub text: String,
+    /// Cosine similarity to the query (higher is closer; at most 1).
+    pub score: f32,
+}
+
+/// What can go wrong remembering or recalling.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The embedded store's directory could not be created.
+    #[error("failed to create the embedded Qdrant directory {}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The embedded qdrant-edge shard refused an operation.
+    #[error("embedded Qdrant shard at {}: {action} failed", path.display())]
+    Edge {
+        /// The shard's directory.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// Why.
+        #[source]
+        source: Box<qdrant_edge::OperationError>,
+    },
+    /// The Qdrant server refused a request or could not be reached.
+    #[error("Qdrant server: {action} failed")]
+    Remote {
+        /// What was being done.
+        action: &'static str,
+        /// Why.
+        #[source]
+        source: Box<qdrant_client::QdrantError>,
+    },
+    /// The shard on disk was not made for this memory's vectors.
+    #[error(
+        "embedded Qdrant shard at {} holds vectors {found} (size, distance), not ({EMBEDDING_DIM}, Cosine)",
+        path.display()
+    )]
+    Incompatible {
+        /// The shard's directory.
+        path: PathBuf,
+        /// What the shard's default vector is configured as.
+        found: String,
+    },
+    /// A vector of the wrong length was given.
+    #[error("vector has {actual} dimensions, the memory stores {EMBEDDING_DIM}")]
+    Dimension {
+        /// The given vector's length.
+        actual: usize,
+    },
+    /// Embedding the texts failed.
+    #[error(transparent)]
+    Embedding(#[from] EmbeddingError),
+    /// A blocking store task panicked or was cancelled.
+    #[error("memory task did not complete: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+fn check_dimension(vector: &[f32]) -> Result<(), MemoryError> {
+    if vector.len() == EMBEDDING_DIM {
+        Ok(())
+    } else {
+        Err(MemoryError::Dimension {
+            actual: vector.len(),
+        })
+    }
+}
+
+/// A place to keep embedded texts, partitioned by owner and task.
+///
+/// Implementations must store `owner`, `task_id` and `text` with every point and return only points whose
+/// `owner` and `task_id` both match the search's.
+pub trait VectorStore: Send + Sync {
+    /// Stores each `(text, vector)` as a new point owned by `owner` within `task_id`.
+    ///
+    /// # Errors
+    /// [`MemoryError::Dimension`] for a vector that is not [`EMBEDDING_DIM`] long; a backend error otherwise.
+    fn upsert(
+        &self,
+        owner: &str,
+        task_id: Uuid,
+        items: Vec<(String, Vec<f32>)>,
+    ) -> impl Future<Output = Result<(), MemoryError>> + Send;
+
+    /// Returns up to `limit` of `owner`'s texts within `task_id` closest to `vector`, closest first.
+    ///
+    /// # Errors
+    /// [`MemoryError::Dimension`] for a vector that is not [`EMBEDDING_DIM`] long; a backend error otherwise.
+    fn search(
+        &self,
+        owner: &str,
+        task_id: Uuid,
+        vector: Vec<f32>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Recalled>, MemoryError>> + Send;
+}
+
+/// A qdrant-edge shard on local disk, embedded in this process.
+///
+/// qdrant-edge is synchronous and does disk I/O, so every call runs on tokio's blocking pool. The shard
+/// guards itself with internal locks; it is shared behind an `Arc` so calls may overlap. One process must own
+/// a directory at a time: give each agent process its own.
+#[derive(Debug, Clone)]
+pub struct EdgeStore {
+    shard: Arc<EdgeShard>,
+    path: PathBuf,
+}
+
+// The design relies on sharing the shard across blocking tasks.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<EdgeShard>();
+};
+
+impl EdgeStore {
+    /// Opens the shard in `path`, creating the directory and a new shard (384-dimensional cosine vectors,
+    /// keyword indexes on `owner` and `task_id`) when none is there yet.
+    ///
+    /// # Errors
+    /// [`MemoryError::CreateDir`] when the directory cannot be created, [`MemoryError::Edge`] when the shard
+    /// cannot be created or loaded, [`MemoryError::Incompatible`] when it holds vectors of another size or
+    /// distance.
+    #[tracing::instrument(skip_all)]
+    pub async fn open(path: impl Into<PathBuf>) -> Result<Self, MemoryError> {
+        let path = path.into();
+        tracing::debug!(path = %path.display(), "opening the embedded Qdrant shard");
+        tokio::task::spawn_blocking(move || Self::open_blocking(path)).await?
+    }
+
+    fn open_blocking(path: PathBuf) -> Result<Self, MemoryError> {
+        std::fs::create_dir_all(&path).map_err(|source| MemoryError::CreateDir {
+            path: path.clone(),
+            source,
+        })?;
+        let edge_error = |action: &'static str| {
+            let path = path.clone();
+            move |source| MemoryError::Edge {
+                path,
+                action,
+                source: Box::new(source),
+            }
+        };
+
+        // qdrant-edge writes its config file first when it creates a shard, so its presence means "load".
+        let shard = if path.join("edge_config.json").is_file() {
+            let shard = EdgeShard::load(&path, None).map_err(edge_error("loading the shard"))?;
+            let vectors = shard.config().vectors.get("").map(|v| (v.size, v.distance));
+            if vectors != Some((EMBEDDING_DIM, Distance::Cosine)) {
+                return Err(MemoryError::Incompatible {
+                    path,
+                    found: format!("{vectors:?}"),
+                });
+            }
+            shard
+        } else {
+            let config = EdgeConfig {
+                vectors: HashMap::from([(
+                    String::new(), // the default (unnamed) vector
+                    EdgeVectorParams {
+                        size: EMBEDDING_DIM,
+                        distance: Distance::Cosine,
+                        on_disk: None,
+                        multivector_config: None,
+                        datatype: None,
+                        quantization_config: None,
+                        hnsw_config: None,
+                    },
+                )]),
+                ..EdgeConfig::default()
+            };
+            let shard = EdgeShard::new(&path, config).map_err(edge_error("creating the shard"))?;
+            for key in [OWNER_KEY, TASK_ID_KEY] {
+                shard
+                    .update(UpdateOperation::FieldIndexOperation(
+                        FieldIndexOperations::CreateIndex(CreateIndex {
+                            field_name: json_path(key),
+                            field_schema: Some(PayloadFieldSchema::FieldType(
+                                PayloadSchemaType::Keyword,
+                            )),
+                        }),
+                    ))
+                    .map_err(edge_error("creating a payload index"))?;
+            }
+            shard
+        };
+        Ok(Self {
+            shard: Arc::new(shard),
+            path,
+        })
+    }
+
+    /// The shard's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes and closes the shard on the blocking pool, waiting until it is done, so the directory can be
+    /// reopened at once. Dropping an `EdgeStore` without calling this also flushes (when the last clone
+    /// goes), but on whichever thread drops it.
+    ///
+    /// # Errors
+    /// [`MemoryError::Task`] when the flush panics.
+    pub async fn close(self) -> Result<(), MemoryError> {
+        tokio::task::spawn_blocking(move || drop(self)).await?;
+        Ok(())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        action: &'static str,
+        work: impl FnOnce(&EdgeShard) -> Result<T, qdrant_edge::OperationError> + Send + 'static,
+    ) -> Result<T, MemoryError> {
+        let shard = Arc::clone(&self.shard);
+        let result = tokio::task::spawn_blocking(move || work(&shard)).await?;
+        result.map_err(|source| MemoryError::Edge {
+            path: self.path.clone(),
+            action,
+            source: Box::new(source),
+        })
+    }
+}
+
+fn json_path(key: &str) -> JsonPath {
+    key.parse()
+        .expect("a plain payload key is a valid JSON path")
+}
+
+fn match_keyword(key: &str, value: String) -> Condition {
+    Condition::Field(FieldCondition::new_match(
+        json_path(key),
+        Match::new_value(ValueVariants::String(value)),
+    ))
+}
+
+impl VectorStore for EdgeStore {
+    async fn upsert(
+        &self,
+        owner: &str,
+        task_id: Uuid,
+        items: Vec<(String, Vec<f32>)>,
+    ) -> Result<(), MemoryError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let points = items
+            .into_iter()
+            .map(|(text, vector)| {
+                check_dimension(&vector)?;
+                let payload = serde_json::Map::from_iter([
+                    (OWNER_KEY.to_owned(), owner.into()),
+                    (TASK_ID_KEY.to_owned(), task_id.to_string().into()),
+                    (TEXT_KEY.to_owned(), text.into()),
+                ]);
+                Ok(PointStructPersisted {
+                    id: PointId::Uuid(Uuid::new_v4()),
+                    vector: VectorStructPersisted::Single(vector),
+                    payload: Some(Payload::from(payload)),
+                })
+            })
+            .collect::<Result<Vec<_>, MemoryError>>()?;
+        let operation = UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+            PointInsertOperations::PointsList(points),
+        ));
+        self.blocking("upserting points", move |shard| shard.update(operation))
+            .await
+    }
+
+    async fn search(
+        &self,
+        owner: &str,
+        task_id: Uuid,
+        vector: Vec<f32>,
+        limit: usize,
+    ) -> Result<Vec<Recalled>, MemoryError> {
+        check_dimension(&vector)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let request = QueryRequest {
+            prefetches: Vec::new(),
+            query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+                query: VectorInternal::from(vector),
+                using: None,
+            }))),
+            filter: Some(Filter {
+                must: Some(vec![
+                    match_keyword(OWNER_KEY, owner.to_owned()),
+                    match_keyword(TASK_ID_KEY, task_id.to_string()),
+                ]),
+                ..Filter::default()
+            }),
+            score_threshold: None,
+            limit,
+            offset: 0,
+            params: None,
+            with_vector: WithVector::Bool(false),
+            with_payload: WithPayloadInterface::Bool(true),
+        };
+        let points = self
+            .blocking("searching", move |shard| shard.query(request))
+            .await?;
+        Ok(points
+            .into_iter()
+            .filter_map(|point| {
+                let text = point.payload?.0.remove(TEXT_KEY)?;
+                match text {
+                    serde_json::Value::String(text) => Some(Recalled {
+                        text,
+                        score: point.score,
+                    }),
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+}
+
+/// A collection on a Qdrant server, reached over gRPC (`QDRANT_URL`, e.g. `http://qdrant:6334`).
+#[derive(Clone)]
+pub struct RemoteStore {
+    client: Qdrant,
+    collection: String,
+}
+
+impl fmt::Debug for RemoteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteStore")
+            .field("collection", &self.collection)
+            .finish_non_exhaustive()
+    }
+}
+
+fn remote_error(action: &'static str) -> impl FnOnce(qdrant_client::QdrantError) -> MemoryError {
+    move |source| MemoryError::Remote {
+        action,
+        source: Box::new(source),
+    }
+}
+
+impl RemoteStore {
+    /// Connects to the server at `url` (its gRPC port) and creates `collection` (384-dimensional cosine
+    /// vectors, keyword indexes on `owner` and `task_id`) when it does not exist yet.
+    ///
+    /// # Errors
+    /// [`MemoryError::Remote`] when the URL is invalid, the server cannot be reached within the timeouts, or it
+    /// refuses to create the collection.
+    #[tracing::instrument(skip(api_key))]
+    pub async fn connect(
+        url: &str,
+        api_key: Option<String>,
+        collection: &str,
+    ) -> Result<Self, MemoryError> {
+        // The client's own compatibility check blocks the calling thread on a health check: skip it, and let
+        // the existence check below be the first (async, bounded) contact with the server.
+        let client = Qdrant::from_url(url)
+            .api_key(api_key)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .skip_compatibility_check()
+            .build()
+            .map_err(remote_error("building the client"))?;
+        let store = Self {
+            client,
+            collection: collection.to_owned(),
+        };
+        store.ensure_collection().await?;
+        Ok(store)
+    }
+
+    async fn ensure_collection(&self) -> Result<(), MemoryError> {
+        let exists = |action: &'static str| async move {
+            self.client
+                .collection_exists(&self.collection)
+                .await
+                .map_err(remote_error(action))
+        };
+        if exists("checking the collection").await? {
+            return Ok(());
+        }
+        let created = self
+            .client
+            .create_collection(
+                CreateCollectionBuilder::new(&self.collection).vectors_config(
+                    VectorParamsBuilder::new(EMBEDDING_DIM as u64, RemoteDistance::Cosine),
+                ),
+            )
+            .await;
+        if let Err(error) = created {
+            // Another agent may have created it in the meantime; only then is the failure harmless.
+            if !exists("checking the collection after a failed create").await? {
+                return Err(remote_error("creating the collection")(error));
+            }
+            return Ok(());
+        }
+        for key in [OWNER_KEY, TASK_ID_KEY] {
+            self.client
+                .create_field_index(
+                    CreateFieldIndexCollectionBuilder::new(
+                        &self.collection,
+                        key,
+                        FieldType::Keyword,
+                    )
+                    .wait(true),
+                )
+                .await
+                .map_err(remote_error("creating a payload index"))?;
+        }
+        Ok(())
+    }
+}
+
+impl VectorStore for RemoteStore {
+    async fn upsert(
+        &self,
+        owner: &str,
+        task_id: Uuid,
+        items: Vec<(String, Vec<f32>)>,
+    ) -> Result<(), MemoryError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let points = items
+            .into_iter()
+            .map(|(text, vector)| {
+                check_dimension(&vector)?;
+                let payload = qdrant_client::Payload::from([
+                    (OWNER_KEY, owner.into()),
+                    (TASK_ID_KEY, task_id.to_string().into()),
+                    (TEXT_KEY, text.into()),
+                ]);
+                Ok(PointStruct::new(
+                    Uuid::new_v4().to_string(),
+                    vector,
+                    payload,
+                ))
+            })
+            .collect::<Result<Vec<_>, MemoryError>>()?;
+        self.client
+            .upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true))
+            .await
+            .map_err(remote_error("upserting points"))?;
+        Ok(())
+    }
+
+    async fn search(
+        &self,
+        owner: &str,
+        task_id: Uuid,
+        vector: Vec<f32>,
+        limit: usize,
+    ) -> Result<Vec<Recalled>, MemoryError> {
+        check_dimension(&vector)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = RemoteFilter::must([
+            RemoteCondition::matches(OWNER_KEY, owner.to_owned()),
+            RemoteCondition::matches(TASK_ID_KEY, task_id.to_string()),
+        ]);
+        let response = self
+            .client
+            .query(
+                QueryPointsBuilder::new(&self.collection)
+                    .query(vector)
+                    .filter(filter)
+                    .limit(limit as u64)
+                    .with_payload(true),
+            )
+            .await
+            .map_err(remote_error("searching"))?;
+        Ok(response
+            .result
+            .into_iter()
+            .filter_map(|mut point| match point.payload.remove(TEXT_KEY)?.kind? {
+                Kind::StringValue(text) => Some(Recalled {
+                    text,
+                    score: point.score,
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// The store the settings chose: embedded when `QDRANT_URL` is unset, the server otherwise.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// qdrant-edge on local disk.
+    Edge(EdgeStore),
+    /// A Qdrant server.
+    Remote(RemoteStore),
+}
+
+impl Store {
+    /// Connects to the server at `qdrant_url` when it is given, and opens the embedded shard in `qdrant_path`
+    /// otherwise.
+    ///
+    /// # Errors
+    /// As [`RemoteStore::connect`] or [`EdgeStore::open`].
+    pub async fn open(
+        qdrant_url: Option<&str>,
+        api_key: Option<String>,
+        qdrant_path: &Path,
+    ) -> Result<Self, MemoryError> {
+        match qdrant_url {
+            Some(url) => Ok(Self::Remote(
+                RemoteStore::connect(url, api_key, DEFAULT_COLLECTION).await?,
+            )),
+            None => Ok(Self::Edge(EdgeStore::open(qdrant_path).await?)),
+        }
+    }
+}
+
+impl VectorStore for Store {
+    async fn upsert(
+        &self,
+        owner: &str,
+        task_id: Uuid,
+        items: Vec<(String, Vec<f32>)>,
+    ) -> Result<(), MemoryError> {
+        match self {
+            Self::Edge(store) => store.upsert(owner, task_id, items).await,
+            Self::Remote(store) => store.upsert(owner, task_id, items).await,
+        }
+    }
+
+    async fn search(
+        &self,
+        owner: &str,
+        task_id: Uuid,
+        vector: Vec<f32>,
+        limit: usize,
+    ) -> Result<Vec<Recalled>, MemoryError> {
+        match self {
+            Self::Edge(store) => store.search(owner, task_id, vector, limit).await,
+            Self::Remote(store) => store.search(owner, task_id, vector, limit).await,
+        }
+    }
+}
+
+/// What the agent's tick loop talks to: remembers texts and recalls them by meaning, scoped to one owner's
+/// task.
+#[derive(Debug, Clone)]
+pub struct Memory<S = Store> {
+    embedder: Embedder,
+    store: S,
+}
+
+impl<S: VectorStore> Memory<S> {
+    /// Combines an embedder and a store.
+    pub fn new(embedder: Embedder, store: S) -> Self {
+        Self { embedder, store }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Gives the store back, for example to [`EdgeStore::close`] it.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Remembers `texts` for `owner`'s task `task_id`. Blank texts and repeats within the call are skipped.
+    ///
+    /// # Errors
+    /// [`MemoryError::Embedding`] when embedding fails, a store error when storing does.
+    pub async fn remember(
+        &self,
+        owner: &str,
+        task_id: Uuid,
+        texts: Vec<String>,
+    ) -> Result<(), MemoryError> {
+        self.remember_and_recall(owner, task_id, texts, Vec::new(), 0)
+            .await
+            .map(drop)
+    }
+
+    /// Recalls up to `limit` distinct texts of `owner`'s task `task_id` closest to any of `queries`, closest
+    /// first (a text found by several queries counts once, with its best score). Blank queries are skipped.
+    ///
+    /// # Errors
+    /// [`MemoryError::Embedding`] when embedding fails, a store error when searching does.
+    pub async fn recall(
+        &self,
+        owner: &str,
+        task_id: Uuid,
+        queries: Vec<String>,
+        limit: usize,
+    ) -> Result<Vec<Recalled>, MemoryError> {
+        self.remember_and_recall(owner, task_id, Vec::new(), queries, limit)
+            .await
+    }
+
+    /// [`Memory::remember`] `writes`, then [`Memory::recall`] `queries` (which may find the new writes), with
+    /// one embedding call for both: what a tick does with the model's `memory_write` and `memory_query`.
+    ///
+    /// # Errors
+    /// As [`Memory::remember`] and [`Memory::recall`]; nothing is searched when storing fails.
+    #[tracing::instrument(
+        skip_all,
+        fields(task_id = %task_id, writes = writes.len(), queries = queries.len())
+    )]
+    pub async fn remember_and_recall(
+        &self,
+        owner: &str,
+        task_id: Uuid,
+        writes: Vec<String>,
+        queries: Vec<String>,
+        limit: usize,
+    ) -> Result<Vec<Recalled>, MemoryError> {
+        let writes = clean(writes);
+        let queries = if limit == 0 {
+            Vec::new()
+        } else {
+            clean(queries)
+        };
+        if writes.is_empty() && queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut vectors = self
+            .embedder
+            .embed(writes.iter().chain(&queries).cloned().collect())
+            .await?;
+        let query_vectors = vectors.split_off(writes.len());
+        if !writes.is_empty() {
+            self.store
+                .upsert(owner, task_id, writes.into_iter().zip(vectors).collect())
+                .await?;
+        }
+
+        let mut best: HashMap<String, f32> = HashMap::new();
+        for vector in query_vectors {
+            for hit in self.store.search(owner, task_id, vector, limit).await? {
+                let score = best.entry(hit.text).or_insert(hit.score);
+                *score = score.max(hit.score);
+            }
+        }
+        let mut recalled: Vec<Recalled> = best
+            .into_iter()
+            .map(|(text, score)| Recalled { text, score })
+            .collect();
+        recalled.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.text.cmp(&b.text))
+        });
+        recalled.truncate(limit);
+        Ok(recalled)
+    }
+}
+
+/// Trims texts, drops blank ones and repeats (keeping the first), preserving order.
+fn clean(texts: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    texts
+        .into_iter()
+        .map(|text| text.trim().to_owned())
+        .filter(|text| !text.is_empty() && seen.insert(text.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedding::test_support::embedder;
+
+    async fn memory_in(dir: &Path) -> Memory<EdgeStore> {
+        Memory::new(embedder().await, EdgeStore::open(dir).await.unwrap())
+    }
+
+    fn texts(items: &[&str]) -> Vec<String> {
+        items.iter().map(|t| t.to_string()).collect()
+    }
+
+    fn recalled_texts(recalled: &[Recalled]) -> Vec<&str> {
+        recalled.iter().map(|r| r.text.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn recall_returns_the_semantically_closest_text_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = memory_in(dir.path()).await;
+        let task = Uuid::new_v4();
+        memory
+            .remember(
+                "alice",
+                task,
+                texts(&[
+                    "bananas are yellow",
+                    "the capital of France is Paris",
+                    "my printer is out of ink",
+                ]),
+            )
+            .await
+            .unwrap();
+
+        let recalled = memory
+            .recall(
+                "alice",
+                task,
+                texts(&["Which city is France's capital?"]),
+                3,
+            )
+            .await
+            .unwrap();
+
+        assert_eq!(recalled.len(), 3, "{recalled:?}");
+        assert_eq!(
+            recalled[0].text, "the capital of France is Paris",
+            "{recalled:?}"
+        );
+        assert!(recalled[0].score > recalled[1].score, "{recalled:?}");
+    }
+
+    #[tokio::test]
+    async fn one_owners_recall_never_returns_another_owners_memories() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = memory_in(dir.path()).await;
+        let task = Uuid::new_v4(); // the same task id for both owners: only the owner tells them apart
+        memory
+            .remember("alice", task, texts(&["alice's secret is 4242"]))
+            .await
+            .unwrap();
+        memory
+            .remember("bob", task, texts(&["bob likes tea"]))
+            .await
+            .unwrap();
+
+        let bob = memory
+            .recall("bob", task, texts(&["alice's secret is 4242"]), 10)
+            .await
+            .unwrap();
+        assert_eq!(recalled_texts(&bob), ["bob likes tea"]);
+
+        let alice = memory
+            .recall("alice", task, texts(&["alice's secret is 4242"]), 10)
+            .await
+            .unwrap();
+        assert_eq!(recalled_texts(&alice), ["alice's secret is 4242"]);
+
+        let nobody = memory
+            .recall("carol", task, texts(&["alice's secret is 4242"]), 10)
+            .await
+            .unwrap();
+        assert!(nobody.is_empty(), "{nobody:?}");
+    }
+
+    #[tokio::test]
+    async fn two_tasks_of_one_owner_do_not_see_each_others_memories() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = memory_in(dir.path()).await;
+        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+        memory
+            .remember(
+                "alice",
+                first,
+                texts(&["the first task found a recipe for bread"]),
+            )
+            .await
+            .unwrap();
+        memory
+            .remember(
+                "alice",
+                second,
+                texts(&["the second task found a train timetable"]),
+            )
+            .await
+            .unwrap();
+
+        let query = texts(&["the first task found a recipe for bread"]);
+        let recalled = memory.recall("alice", second, query, 10).await.unwrap();
+        assert_eq!(
+            recalled_texts(&recalled),
+            ["the second task found a train timetable"]
+        );
+    }
+
+    #[tokio::test]
+    async fn memories_survive_closing_and_reopening_the_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = Uuid::new_v4();
+        {
+            let memory = memory_in(dir.path()).await;
+            memory
+                .remember("alice", task, texts(&["the launch code is blue"]))
+                .await
+                .unwrap();
+            memory.into_store().close().await.unwrap();
+        }
+        let reopened = memory_in(dir.path()).await;
+        let recalled = reopened
+            .recall("alice", task, texts(&["launch code"]), 5)
+            .await
+            .unwrap();
+        assert_eq!(recalled_texts(&recalled), ["the launch code is blue"]);
+    }
+
+    #[tokio::test]
+    async fn memories_survive_a_plain_drop_of_the_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = Uuid::new_v4();
+        let memory = memory_in(dir.path()).await;
+        memory
+            .remember("alice", task, texts(&["the password hint is a river"]))
+            .await
+            .unwrap();
+        drop(memory);
+
+        let reopened = memory_in(dir.path()).await;
+        let recalled = reopened
+            .recall("alice", task, texts(&["password hint"]), 5)
+            .await
+            .unwrap();
+        assert_eq!(recalled_texts(&recalled), ["the password hint is a river"]);
+    }
+
+    #[tokio::test]
+    async fn recall_merges_hits_from_several_queries_without_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = memory_in(dir.path()).await;
+        let task = Uuid::new_v4();
+        memory
+            .remember(
+                "alice",
+                task,
+                texts(&["cats purr when content", "dogs bark at strangers"]),
+            )
+            .await
+            .unwrap();
+
+        let recalled = memory
+            .recall(
+                "alice",
+                task,
+                texts(&["why do cats purr", "do cats purr", "barking dogs"]),
+                10,
+            )
+            .await
+            .unwrap();
+
+        let mut found = recalled_texts(&recalled);
+        found.sort_unstable();
+        assert_eq!(found, ["cats purr when content", "dogs bark at strangers"]);
+        assert!(
+            recalled.windows(2).all(|w| w[0].score >= w[1].score),
+            "{recalled:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn remember_and_recall_stores_the_writes_and_finds_them_with_older_memories() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = memory_in(dir.path()).await;
+        let task = Uuid::new_v4();
+        memory
+            .remember("alice", task, texts(&["the museum opens at nine"]))
+            .await
+            .unwrap();
+
+        let recalled = memory
+            .remember_and_recall(
+                "alice",
+                task,
+                texts(&["the museum closes at six"]),
+                texts(&["museum opening hours"]),
+                5,
+            )
+            .await
+            .unwrap();
+
+        let mut found = recalled_texts(&recalled);
+        found.sort_unstable();
+        assert_eq!(
+            found,
+            ["the museum closes at six", "the museum opens at nine"]
+        );
+        let later = memory
+            .recall("alice", task, texts(&["when does the museum close"]), 1)
+            .await
+            .unwrap();
+        assert_eq!(recalled_texts(&later), ["the museum closes at six"]);
+    }
+
+    #[tokio::test]
+    async fn recall_returns_at_most_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = memory_in(dir.path()).await;
+        let task = Uuid::new_v4();
+        memory
+            .remember(
+                "alice",
+                task,
+                texts(&["one apple", "two pears", "three plums", "four figs"]),
+            )
+            .await
+            .unwrap();
+        let recalled = memory
+            .recall("alice", task, texts(&["fruit", "numbers"]), 2)
+            .await
+            .unwrap();
+        assert_eq!(recalled.len(), 2, "{recalled:?}");
+    }
+
+    #[tokio::test]
+    async fn blank_and_repeated_texts_are_remembered_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = memory_in(dir.path()).await;
+        let task = Uuid::new_v4();
+        memory
+            .remember(
+                "alice",
+                task,
+                texts(&["  ", "", "the sky is blue", "the sky is blue "]),
+            )
+            .await
+            .unwrap();
+        let hits = memory
+            .store()
+            .search(
+                "alice",
+                task,
+                embedder()
+                    .await
+                    .embed(texts(&["sky"]))
+                    .await
+                    .unwrap()
+                    .remove(0),
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(recalled_texts(&hits), ["the sky is blue"]);
+    }
+
+    #[tokio::test]
+    async fn a_vector_of_the_wrong_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EdgeStore::open(dir.path()).await.unwrap();
+        let task = Uuid::new_v4();
+        let error = store
+            .upsert("alice", task, vec![("text".into(), vec![0.5; 3])])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, MemoryError::Dimension { actual: 3 }),
+            "{error:?}"
+        );
+        let error = store
+            .search("alice", task, vec![0.5; 385], 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, MemoryError::Dimension { actual: 385 }),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shard_made_for_other_vectors_is_refused_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EdgeConfig {
+            vectors: HashMap::from([(
+                String::new(),
+                EdgeVectorParams {
+                    size: 8,
+                    distance: Distance::Dot,
+                    on_disk: None,
+                    multivector_config: None,
+                    datatype: None,
+                    quantization_config: None,
+                    hnsw_config: None,
+                },
+            )]),
+            ..EdgeConfig::default()
+        };
+        drop(EdgeShard::new(dir.path(), config).unwrap());
+
+        let error = EdgeStore::open(dir.path()).await.unwrap_err();
+        assert!(
+            matches!(error, MemoryError::Incompatible { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn opening_creates_the_shard_directory_when_it_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("qdrant").join("agent-1");
+        let store = EdgeStore::open(&nested).await.unwrap();
+        assert!(nested.join("edge_config.json").is_file());
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_qdrant_server_fails_fast_instead_of_hanging() {
+        // Nothing listens on port 1; this is as far as the server backend can be exercised here.
+        let started = std::time::Instant::now();
+        let result = Store::open(Some("http://127.0.0.1:1"), None, Path::new("/nonexistent")).await;
+        let error = result.unwrap_err();
+        assert!(matches!(error, MemoryError::Remote { .. }), "{error:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! A fleet in one test: the gateway and an agent in process, each on its own queue and key prefix, a
+//! fixture model, a fixture search API, and pages served on loopback.
+
+use agent::mind::Mind;
+use axum::Router;
+use euglena_tests::model::FixtureModel;
+use euglena_tests::search::FixtureSearch;
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::{Value, json};
+use shared::settings::Reader;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The embedding model the agent's memory needs (fetched by `scripts/fetch-embedding-model.sh`).
+pub fn model_dir() -> PathBuf {
+    let dir = std::env::var("EMBEDDING_MODEL_DIR").map_or_else(
+        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.local/models/all-MiniLM-L6-v2"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "the embedding model is missing at {}: run scripts/fetch-embedding-model.sh",
+        dir.display()
+    );
+    dir
+}
+
+pub struct Fleet {
+    pub gateway: String,
+    pub model: FixtureModel,
+    pub search: FixtureSearch,
+    pub client: reqwest::Client,
+    secret: String,
+    stop: CancellationToken,
+    queue: String,
+    key_prefix: String,
+    _memory_dir: tempfile::TempDir,
+    agent: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts a fleet; `overrides` replace the agent's and gateway's environment.
+pub async fn spawn_fleet(overrides: &[(&str, &str)]) -> Fleet {
+    shared::telemetry::init("e2e", shared::telemetry::LogFormat::Pretty);
+    let model = FixtureModel::start(0).await.unwrap();
+    let search = FixtureSearch::start(Some("search-key")).await.unwrap();
+    let memory_dir = tempfile::tempdir().unwrap();
+    let id = Uuid::new_v4().simple().to_string();
+    let secret = format!("secret-{id}");
+    let mut env: HashMap<String, String> = HashMap::new();
+    let mut set = |k: &str, v: &str| {
+        env.insert(k.to_owned(), v.to_owned());
+    };
+    set("HOST", "127.0.0.1");
+    set("PORT", "0");
+    set("HEALTH_PORT", "0");
+    set("REDIS_KEY_PREFIX", &format!("e2e:{id}:"));
+    set("AGENT_INPUT_QUEUE", &format!("e2e.{id}"));
+    set("SUPABASE_JWT_SECRET", &secret);
+    set("MODEL_API_URL", &model.base_url);
+    set("MODEL_NAME", "fixture-model");
+    set("MODEL_RETRY_BASE_MS", "20");
+    set("SEARCH_API_URL", &search.brave_url);
+    set("SEARCH_API_KEY", "search-key");
+    // The test pages are served on loopback, which VISIT refuses unless allow-listed.
+    set("VISIT_ALLOWLIST", "127.0.0.1");
+    set("QDRANT_PATH", memory_dir.path().to_str().unwrap());
+    set("EMBEDDING_MODEL_DIR", model_dir().to_str().unwrap());
+    set("AGENT_STATUS_TIME", "0.5");
+    set("WORKER_TTL_SECONDS", "5");
+    for (k, v) in overrides {
+        set(k, v);
+    }
+
+    let gateway_settings = gateway::Settings::from_source(env.clone()).unwrap();
+    let gateway_app = gateway::Application::build(gateway_settings).await.unwrap();
+    let gateway_url = format!("http://127.0.0.1:{}", gateway_app.port());
+    let stop = CancellationToken::new();
+    tokio::spawn(gateway_app.run_until_stopped(stop.clone().cancelled_owned()));
+
+    let agent_settings = agent::AgentSettings::from_source(&Reader::new(env)).unwrap();
+    let mind = Mind::build(&agent_settings.mind).await.unwrap();
+    let visitor = mind.visitor().clone();
+    let agent_app = agent::Application::build(agent_settings, mind)
+        .await
+        .unwrap();
+    let agent_stop = stop.clone();
+    let agent = tokio::spawn(async move {
+        agent_app
+            .run_until_stopped(agent_stop.cancelled_owned())
+            .await
+            .unwrap();
+        visitor.shutdown().await;
+    });
+    Fleet {
+        gateway: gateway_url,
+        model,
+        search,
+        client: reqwest::Client::new(),
+        secret,
+        stop,
+        queue: format!("e2e.{id}"),
+        key_prefix: format!("e2e:{id}:"),
+        _memory_dir: memory_dir,
+        agent: Some(agent),
+    }
+}
+
+impl Fleet {
+    pub fn token(&self, sub: &str) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = json!({"sub": sub, "aud": "authenticated", "role": "authenticated",
+                            "exp": now + 3600, "iat": now});
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(self.secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    /// Submits a mandate as `sub` and returns the task id.
+    pub async fn submit(&self, sub: &str, mandate: &str, max_ticks: u32) -> String {
+        let response = self
+            .client
+            .post(format!("{}/tasks", self.gateway))
+            .bearer_auth(self.token(sub))
+            .json(&json!({"mandate": mandate, "max_ticks": max_ticks}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        body["correlation_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the task until it is completed or failed, or `deadline` passes.
+    pub async fn wait_terminal(&self, sub: &str, id: &str, deadline: Duration) -> Value {
+        let started = tokio::time::Instant::now();
+        loop {
+            let body: Value = self
+                .client
+                .get(format!("{}/tasks/{id}", self.gateway))
+                .bearer_auth(self.token(sub))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if body["status"] == "completed" || body["status"] == "failed" {
+                return body;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "task still {} after {deadline:?}: {body}",
+                body["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether the agent is still running (it never crashes on a bad model).
+    pub fn agent_alive(&self) -> bool {
+        self.agent.as_ref().is_some_and(|a| !a.is_finished())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        euglena_tests::cleanup::remove_test_state(&self.queue, &self.key_prefix);
+    }
+}
+
+/// Serves `router` on loopback and returns its base URL.
+pub async fn serve_pages(router: Router) -> String {
+    let address = euglena_tests::serve(router, 0).await.unwrap();
+    format!("http://{address}")
+}

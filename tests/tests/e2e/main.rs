@@ -1,0 +1,5 @@
+//! End to end through the real gateway, Redis, RabbitMQ, Chromium and embedded Qdrant, with the fixture
+//! model and search API standing in for the LLM and the web search engine.
+
+mod helpers;
+mod mind;

@@ -1,0 +1,244 @@
+//! The tick loop through the whole fleet.
+
+use crate::helpers::{serve_pages, spawn_fleet};
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use euglena_tests::model::{Reply, prompt_text};
+use euglena_tests::search::Hit;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// The lines of a prompt section (`## title` up to the next `##`).
+fn section(prompt: &str, title: &str) -> Vec<String> {
+    prompt
+        .split("\n## ")
+        .find(|part| part.starts_with(title))
+        .map(|part| {
+            part.lines()
+                .skip(1)
+                .filter_map(|l| l.strip_prefix("- "))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mandate_searches_visits_a_javascript_page_remembers_thinks_and_exits() {
+    let fleet = spawn_fleet(&[]).await;
+    let nonce = Uuid::new_v4().simple().to_string();
+    let page = format!(
+        "<html><head><title>fixture</title></head><body>loading...<script>\
+         document.body.innerText = 'rendered-' + (6 * 7) + '-{nonce}';</script></body></html>"
+    );
+    let pages =
+        serve_pages(Router::new().route("/js", get(move || async move { Html(page) }))).await;
+    let page_url = format!("{pages}/js");
+    fleet.search.set_hits(vec![Hit {
+        title: "The page that renders".into(),
+        url: page_url.clone(),
+        snippet: "its text only exists after JavaScript runs".into(),
+    }]);
+    let marker = format!("e2e-{}", Uuid::new_v4());
+    let rendered = format!("rendered-42-{nonce}");
+    let echo_page = {
+        let rendered = rendered.clone();
+        Arc::new(move |request: &Value| {
+            let prompt = prompt_text(request);
+            let seen = if prompt.contains(&rendered) {
+                rendered.clone()
+            } else {
+                "page text not seen".into()
+            };
+            Reply::action(
+                "THINK",
+                "",
+                json!({
+                    "memory_query": ["What is the secret colour?"],
+                    "deliverable": format!("the page says {seen}"),
+                }),
+            )
+        })
+    };
+    let echo_memory = Arc::new(|request: &Value| {
+        let recalled = section(&prompt_text(request), "Recalled memory");
+        let colour = if recalled.iter().any(|m| m.contains("ultramarine")) {
+            "ultramarine"
+        } else {
+            "not recalled"
+        };
+        Reply::action(
+            "EXIT",
+            "",
+            json!({"deliverable": format!("the secret colour is {colour}")}),
+        )
+    });
+    let synthesise = Arc::new(|request: &Value| {
+        let deliverables = section(&prompt_text(request), "Deliverables");
+        Reply::Json(
+            json!({"summary": "searched, visited, remembered", "deliverables": deliverables}),
+        )
+    });
+    fleet.model.script(
+        &marker,
+        vec![
+            Reply::action(
+                "SEARCH",
+                "page that renders",
+                json!({"memory_write": ["The secret colour is ultramarine."]}),
+            ),
+            Reply::action("VISIT", &page_url, json!({})),
+            Reply::Computed(echo_page),
+            Reply::Computed(echo_memory),
+            Reply::Computed(synthesise),
+        ],
+    );
+
+    let id = fleet
+        .submit("alice", &format!("Find the rendered text ({marker})"), 10)
+        .await;
+    let task = fleet.wait_terminal("alice", &id, DEADLINE).await;
+
+    assert_eq!(task["status"], "completed", "{task}");
+    let result = &task["result"];
+    assert_eq!(result["success"], true);
+    assert_eq!(result["ticks_used"], 4);
+    assert_eq!(result["sources"], json!([page_url]));
+    let deliverables = result["deliverables"].to_string();
+    assert!(
+        deliverables.contains(&rendered),
+        "only the JavaScript rendering produces it: {deliverables}"
+    );
+    assert!(
+        deliverables.contains("the secret colour is ultramarine"),
+        "memory round trip: {deliverables}"
+    );
+    assert_eq!(fleet.search.queries(), vec!["page that renders"]);
+    assert_eq!(
+        fleet.model.requests_for(&marker).len(),
+        5,
+        "four ticks and one synthesis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_answer_costs_a_tick_and_is_fed_back_to_the_model() {
+    let fleet = spawn_fleet(&[]).await;
+    let marker = format!("e2e-{}", Uuid::new_v4());
+    let saw_feedback = Arc::new(|request: &Value| {
+        let fed_back = prompt_text(request).contains("Your last answer could not be used");
+        Reply::action(
+            "EXIT",
+            "",
+            json!({"deliverable": format!("feedback seen: {fed_back}")}),
+        )
+    });
+    fleet.model.script(
+        &marker,
+        vec![
+            Reply::Text("I am not JSON at all".into()),
+            Reply::Computed(saw_feedback),
+            Reply::synthesis("done", &[]),
+        ],
+    );
+
+    let id = fleet.submit("alice", &format!("m {marker}"), 5).await;
+    let task = fleet.wait_terminal("alice", &id, DEADLINE).await;
+
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(task["result"]["ticks_used"], 2);
+    assert_eq!(
+        task["result"]["deliverables"],
+        json!(["feedback seen: true"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_only_answers_garbage_fails_the_task_with_a_clear_error() {
+    let fleet = spawn_fleet(&[]).await;
+    let marker = format!("e2e-{}", Uuid::new_v4());
+    fleet
+        .model
+        .script(&marker, vec![Reply::Text("```\nnot json\n```".into())]);
+
+    let id = fleet.submit("alice", &format!("m {marker}"), 3).await;
+    let task = fleet.wait_terminal("alice", &id, DEADLINE).await;
+
+    assert_eq!(task["status"], "failed", "{task}");
+    let error = task["error"].as_str().unwrap();
+    assert!(error.contains("no usable answer in 3 ticks"), "{error}");
+    assert!(fleet.agent_alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_model_server_fails_the_task_after_bounded_retries_and_the_worker_goes_on() {
+    let fleet = spawn_fleet(&[("MODEL_MAX_RETRIES", "1"), ("MAX_DELIVERIES", "2")]).await;
+    let broken = format!("e2e-{}", Uuid::new_v4());
+    fleet.model.script(&broken, vec![Reply::Status(500)]);
+    let healthy = format!("e2e-{}", Uuid::new_v4());
+    fleet.model.script(
+        &healthy,
+        vec![
+            Reply::action("EXIT", "", json!({})),
+            Reply::synthesis("ok", &["d"]),
+        ],
+    );
+
+    let id = fleet.submit("alice", &format!("m {broken}"), 3).await;
+    let task = fleet.wait_terminal("alice", &id, DEADLINE).await;
+
+    assert_eq!(task["status"], "failed", "{task}");
+    let error = task["error"].as_str().unwrap();
+    assert!(
+        error.contains("model server is unavailable: HTTP 500"),
+        "{error}"
+    );
+    let calls = fleet.model.requests_for(&broken).len();
+    assert!(
+        (2..=4).contains(&calls),
+        "bounded: 2 attempts per delivery, at most 2 deliveries, got {calls}"
+    );
+    assert!(fleet.agent_alive());
+    let next = fleet.submit("alice", &format!("m {healthy}"), 3).await;
+    assert_eq!(
+        fleet.wait_terminal("alice", &next, DEADLINE).await["status"],
+        "completed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_never_answers_times_out_instead_of_hanging_the_task() {
+    let fleet = spawn_fleet(&[
+        ("MODEL_TIMEOUT_SECONDS", "0.3"),
+        ("MODEL_MAX_RETRIES", "0"),
+        ("MAX_DELIVERIES", "1"),
+    ])
+    .await;
+    let marker = format!("e2e-{}", Uuid::new_v4());
+    fleet.model.script(
+        &marker,
+        vec![Reply::Delayed(
+            Duration::from_secs(30),
+            Box::new(Reply::action("EXIT", "", json!({}))),
+        )],
+    );
+
+    let id = fleet.submit("alice", &format!("m {marker}"), 3).await;
+    let task = fleet
+        .wait_terminal("alice", &id, Duration::from_secs(20))
+        .await;
+
+    assert_eq!(task["status"], "failed", "{task}");
+    assert!(
+        task["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within"),
+        "{task}"
+    );
+}
