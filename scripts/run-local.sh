@@ -21,7 +21,7 @@ scripts/ensure-chromium.sh >/dev/null
 EMBEDDING_MODEL_DIR=$(scripts/fetch-embedding-model.sh | tail -n 1)
 export EMBEDDING_MODEL_DIR
 say "building (debug) gateway, agent, metrics-sidecar, fixture-model"
-cargo build -q -p gateway -p agent -p metrics-sidecar -p euglena-tests --bin fixture-model
+cargo build -q -p gateway -p agent -p metrics-sidecar -p euglena-tests --bins
 
 run_dir=$(mktemp -d /tmp/euglena-local.XXXXXX)
 pids=()
@@ -39,6 +39,8 @@ export AGENT_INPUT_QUEUE=${AGENT_INPUT_QUEUE:-agent.mandates}
 export SUPABASE_JWT_SECRET=${SUPABASE_JWT_SECRET:-local-dev-secret-$RANDOM$RANDOM}
 export LOG_FORMAT=${LOG_FORMAT:-json}
 export RUST_LOG=${RUST_LOG:-info}
+# Heartbeat every second so the demo shows each tick as it happens.
+export AGENT_STATUS_TIME=${AGENT_STATUS_TIME:-1}
 export RABBITMQ_MANAGEMENT_URL=${RABBITMQ_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15672}
 
 if [ -z "${MODEL_API_URL:-}" ]; then
@@ -95,7 +97,7 @@ status=""
 for _ in $(seq 600); do
   record=$(curl -fsS "http://127.0.0.1:8080/tasks/$id" -H "Authorization: Bearer $token")
   status=$(printf '%s' "$record" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
-  line=$(printf '%s' "$record" | python3 -c 'import json,sys; t=json.load(sys.stdin); print(f"{t[\"status\"]}, tick {t[\"tick\"]}/{t[\"max_ticks\"]}")')
+  line=$(printf '%s' "$record" | python3 -c 'import json,sys; t=json.load(sys.stdin); print("%s, tick %s/%s" % (t["status"], t["tick"], t["max_ticks"]))')
   [ "$line" != "$last" ] && say "task $id: $line" && last=$line
   case "$status" in completed|failed) break ;; esac
   sleep 0.2

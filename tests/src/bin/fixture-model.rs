@@ -6,6 +6,10 @@
 
 use euglena_tests::model::{FixtureModel, Reply};
 use serde_json::json;
+use std::time::Duration;
+
+/// Each answer waits this long, so a person watching the demo sees the ticks go by.
+const THINKING_TIME: Duration = Duration::from_millis(700);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,22 +19,23 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(8099);
     let model = FixtureModel::start(port).await?;
+    let slow = |reply: Reply| Reply::Delayed(THINKING_TIME, Box::new(reply));
     model.default_script(vec![
-        Reply::action(
+        slow(Reply::action(
             "THINK",
             "",
             json!({"thought": "fixture model: planning (scripted, not an LLM)"}),
-        ),
-        Reply::action(
+        )),
+        slow(Reply::action(
             "THINK",
             "",
             json!({"thought": "fixture model: still scripted", "note_update": "scripted note"}),
-        ),
-        Reply::action(
+        )),
+        slow(Reply::action(
             "EXIT",
             "",
             json!({"deliverable": "a scripted deliverable from the fixture model"}),
-        ),
+        )),
         Reply::synthesis(
             "This result was produced by the fixture model, a scripted stand-in for an LLM.",
             &["a scripted deliverable from the fixture model"],
