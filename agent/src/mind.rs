@@ -140,6 +140,7 @@ impl Mind {
         let mut exited = false;
         let mut ticks_used = 0;
         for tick in 1..=message.max_ticks {
+            let prompt_started = Instant::now();
             let messages = tick_messages(
                 &TickState {
                     mandate: &message.mandate,
@@ -153,6 +154,7 @@ impl Mind {
                 },
                 &self.budget,
             );
+            let prompt_work = prompt_started.elapsed();
             let answer = self
                 .llm
                 .complete(&messages, &conversation, cancel)
@@ -211,7 +213,9 @@ impl Mind {
                     }
                 };
             }
-            let local_work = started.elapsed();
+            // The agent's own work this tick: the prompt, reading the answer, memory; not the model's time
+            // nor the action's I/O. `bench/fleet.sh` reads it from these debug lines.
+            let local_work = prompt_work + started.elapsed();
             let observation = match output.next_action {
                 Action::Exit => {
                     exited = true;

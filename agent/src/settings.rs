@@ -89,7 +89,7 @@ impl MindSettings {
             api_url,
             model: reader.string_or("MODEL_NAME", "gpt-4o-mini"),
             api_key: reader.secret("OPENAI_API_KEY"),
-            timeout: seconds(reader, "MODEL_TIMEOUT_SECONDS", 60.0, 0.1, 600.0)?,
+            timeout: reader.seconds("MODEL_TIMEOUT_SECONDS", 60.0, 0.1, 600.0)?,
             max_retries: reader.ranged("MODEL_MAX_RETRIES", 3, 0, 10)?,
             retry_base: Duration::from_millis(reader.ranged(
                 "MODEL_RETRY_BASE_MS",
@@ -116,7 +116,7 @@ impl MindSettings {
         };
         let browser = BrowserSettings {
             chromium_path: PathBuf::from(reader.string_or("CHROMIUM_PATH", "/usr/bin/chromium")),
-            page_load_timeout: seconds(reader, "VISIT_TIMEOUT_SECONDS", 15.0, 0.5, 300.0)?,
+            page_load_timeout: reader.seconds("VISIT_TIMEOUT_SECONDS", 15.0, 0.5, 300.0)?,
             text_budget: reader.ranged("VISIT_TEXT_CHARS", 8_000, 100, 1_000_000)?,
             ..BrowserSettings::default()
         };
@@ -154,7 +154,7 @@ impl AgentSettings {
     /// [`SettingsError`] naming the first invalid variable.
     pub fn from_source<S: Source>(reader: &Reader<S>) -> Result<Self, SettingsError> {
         let common = CommonSettings::from_source(reader)?;
-        let status_interval = seconds(reader, "AGENT_STATUS_TIME", 10.0, 0.05, 3600.0)?;
+        let status_interval = reader.seconds("AGENT_STATUS_TIME", 10.0, 0.05, 3600.0)?;
         if status_interval >= Duration::from_secs(common.worker_ttl_seconds) {
             return Err(SettingsError::Invalid {
                 name: "AGENT_STATUS_TIME",
@@ -178,8 +178,7 @@ impl AgentSettings {
         let protection_expires_minutes =
             reader.ranged("ECS_PROTECTION_EXPIRES_MINUTES", 60, 1, 2880)?;
         let expiry_seconds = f64::from(protection_expires_minutes) * 60.0;
-        let protection_renew = seconds(
-            reader,
+        let protection_renew = reader.seconds(
             "ECS_PROTECTION_RENEW_SECONDS",
             expiry_seconds / 2.0,
             0.05,
@@ -190,8 +189,8 @@ impl AgentSettings {
             concurrency: reader.ranged("AGENT_CONCURRENCY", 1, 1, 256)?,
             status_interval,
             health_port: reader.parse_or("HEALTH_PORT", 8081)?,
-            shutdown_grace: seconds(reader, "SHUTDOWN_GRACE_SECONDS", 100.0, 0.0, 3600.0)?,
-            startup_timeout: seconds(reader, "STARTUP_TIMEOUT_SECONDS", 30.0, 0.1, 3600.0)?,
+            shutdown_grace: reader.seconds("SHUTDOWN_GRACE_SECONDS", 100.0, 0.0, 3600.0)?,
+            startup_timeout: reader.seconds("STARTUP_TIMEOUT_SECONDS", 30.0, 0.1, 3600.0)?,
             ecs_agent_uri,
             protection_expires_minutes,
             protection_renew,
@@ -201,36 +200,13 @@ impl AgentSettings {
     }
 }
 
-/// A duration given in (possibly fractional) seconds, in `min..=max`.
-fn seconds<S: Source>(
-    reader: &Reader<S>,
-    name: &'static str,
-    default: f64,
-    min: f64,
-    max: f64,
-) -> Result<Duration, SettingsError> {
-    let value: f64 = reader.parse_or(name, default)?;
-    if !(min..=max).contains(&value) {
-        return Err(SettingsError::Invalid {
-            name,
-            reason: format!("must be between {min} and {max} seconds, got {value}"),
-        });
-    }
-    Ok(Duration::from_secs_f64(value))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
 
     fn reader(pairs: &[(&str, &str)]) -> Reader<HashMap<String, String>> {
-        Reader::new(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
+        Reader::from_pairs(pairs)
     }
 
     #[test]

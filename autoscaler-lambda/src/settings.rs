@@ -82,20 +82,11 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let mut env: HashMap<String, String> =
-            [("ECS_CLUSTER", "euglena"), ("ECS_SERVICE", "agent")]
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect();
-        env.extend(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        Settings::from_source(&Reader::new(env))
+        let mut all = vec![("ECS_CLUSTER", "euglena"), ("ECS_SERVICE", "agent")];
+        all.extend_from_slice(pairs);
+        Settings::from_source(&Reader::from_pairs(&all))
     }
 
     #[test]
@@ -117,7 +108,7 @@ mod tests {
 
     #[test]
     fn the_cluster_is_required() {
-        let error = Settings::from_source(&Reader::new(HashMap::new())).unwrap_err();
+        let error = Settings::from_source(&Reader::from_pairs(&[])).unwrap_err();
         assert_eq!(error.to_string(), "ECS_CLUSTER must be set");
     }
 

@@ -185,15 +185,9 @@ fn percent_decode(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        Settings::from_source(&Reader::new(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect::<HashMap<_, _>>(),
-        ))
+        Settings::from_source(&Reader::from_pairs(pairs))
     }
 
     #[test]

@@ -8,6 +8,7 @@ use secrecy::SecretString;
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// Where setting values come from.
 pub trait Source {
@@ -65,6 +66,18 @@ pub fn optional(name: &'static str) -> Result<Option<String>, SettingsError> {
 #[derive(Debug)]
 pub struct Reader<S> {
     source: S,
+}
+
+impl Reader<HashMap<String, String>> {
+    /// A reader over literal `(name, value)` pairs, for tests and tools.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        Self::new(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
 }
 
 impl<S: Source> Reader<S> {
@@ -155,6 +168,27 @@ impl<S: Source> Reader<S> {
         Ok(value)
     }
 
+    /// A duration given in (possibly fractional) seconds, e.g. `0.5`, in `min..=max`, or `default`.
+    ///
+    /// # Errors
+    /// [`SettingsError::Invalid`] when unparseable or out of range.
+    pub fn seconds(
+        &self,
+        name: &'static str,
+        default: f64,
+        min: f64,
+        max: f64,
+    ) -> Result<Duration, SettingsError> {
+        let value: f64 = self.parse_or(name, default)?;
+        if !(min..=max).contains(&value) {
+            return Err(SettingsError::Invalid {
+                name,
+                reason: format!("must be between {min} and {max} seconds, got {value}"),
+            });
+        }
+        Ok(Duration::from_secs_f64(value))
+    }
+
     /// A boolean (`true`/`false`, `1`/`0`, `yes`/`no`), or `default` when unset.
     ///
     /// # Errors
@@ -240,12 +274,22 @@ mod tests {
     use secrecy::ExposeSecret;
 
     fn reader(pairs: &[(&str, &str)]) -> Reader<HashMap<String, String>> {
-        Reader::new(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
+        Reader::from_pairs(pairs)
+    }
+
+    #[test]
+    fn seconds_accept_fractions_and_refuse_what_is_out_of_range() {
+        let r = reader(&[("T", "0.25"), ("BAD", "-1")]);
+        assert_eq!(
+            r.seconds("T", 1.0, 0.0, 10.0).unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            r.seconds("UNSET", 1.5, 0.0, 10.0).unwrap(),
+            Duration::from_millis(1500)
+        );
+        let error = r.seconds("BAD", 1.0, 0.0, 10.0).unwrap_err().to_string();
+        assert!(error.contains("between 0 and 10 seconds"), "{error}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! model is configured. It is NOT an LLM: every task gets the same canned answers (two THINK ticks, then
 //! EXIT, then a synthesis that says it came from the fixture), so the pipeline can be seen working offline.
 //!
-//! Usage: `fixture-model [PORT]` (default 8099); prints its `MODEL_API_URL`.
+//! Usage: `fixture-model [PORT] [--bench]` (default 8099); prints its `MODEL_API_URL`. With `--bench` it
+//! answers at once with four THINK ticks that each write and query memory, then EXIT (for `bench/fleet.sh`).
 
 use euglena_tests::model::{FixtureModel, Reply};
 use serde_json::json;
@@ -13,12 +14,38 @@ const THINKING_TIME: Duration = Duration::from_millis(700);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let bench = std::env::args().any(|a| a == "--bench");
     let port = std::env::args()
-        .nth(1)
+        .skip(1)
+        .find(|a| a != "--bench")
         .map(|p| p.parse())
         .transpose()?
         .unwrap_or(8099);
     let model = FixtureModel::start(port).await?;
+    if bench {
+        let think = |n: u32| {
+            Reply::action(
+                "THINK",
+                "",
+                json!({"memory_write": [format!("benchmark note number {n}")],
+                       "memory_query": ["which benchmark notes exist?"]}),
+            )
+        };
+        model.default_script(vec![
+            think(1),
+            think(2),
+            think(3),
+            think(4),
+            Reply::action("EXIT", "", json!({"deliverable": "benchmark deliverable"})),
+            Reply::synthesis(
+                "benchmark run by the fixture model",
+                &["benchmark deliverable"],
+            ),
+        ]);
+        println!("fixture-model --bench at MODEL_API_URL={}", model.base_url);
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
     let slow = |reply: Reply| Reply::Delayed(THINKING_TIME, Box::new(reply));
     model.default_script(vec![
         slow(Reply::action(

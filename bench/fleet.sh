@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Fleet benchmark: tasks of 5 ticks (THINK x4, each writing and querying memory, then EXIT) through the
+# whole fleet with the fixture model answering instantly. Prints tasks/s for each (agents, concurrency)
+# pair, and the p50/p99 of the agents' own work per tick (prompt, answer parsing, memory; not the model's
+# time), read from the agents' debug lines.
+#   bench/fleet.sh [TASKS]      (default 40 tasks per configuration)
+#   PROFILE=debug bench/fleet.sh   use the debug build (candle is optimised in it too) instead of release
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tasks=${1:-40}
+scripts/ensure-services.sh >/dev/null
+EMBEDDING_MODEL_DIR=$(scripts/fetch-embedding-model.sh | tail -n 1)
+export EMBEDDING_MODEL_DIR RAYON_NUM_THREADS=1
+profile=${PROFILE:-release}
+if [ "$profile" = release ]; then
+  cargo build --release -q -p gateway -p agent -p euglena-tests --bins
+else
+  cargo build -q -p gateway -p agent -p euglena-tests --bins
+fi
+bin=target/$profile
+run_dir=$(mktemp -d /tmp/euglena-fleet-bench.XXXXXX)
+pids=()
+stop_all() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+}
+trap 'stop_all; rm -rf "$run_dir"' EXIT
+echo "profile $profile; machine: $(nproc) cores; redis, rabbitmq, gateway, agents and the fixture model share it"
+printf '%-7s %-12s %-8s %-10s %-16s %-16s\n' agents concurrency tasks "tasks/s" "tick work p50" "tick work p99"
+for agents in 1 2; do
+  for concurrency in 1 8; do
+    run="fleetbench$$-$agents-$concurrency"
+    export REDIS_KEY_PREFIX="$run:" AGENT_INPUT_QUEUE="bench.$run" SUPABASE_JWT_SECRET="s-$run" \
+      DAILY_TICK_LIMIT=100000000 AGENT_CONCURRENCY=$concurrency MODEL_API_URL=http://127.0.0.1:18099/v1 \
+      MODEL_NAME=fixture-model LOG_FORMAT=json RUST_LOG=warn,agent::mind=debug AGENT_STATUS_TIME=1
+    $bin/fixture-model 18099 --bench >/dev/null 2>&1 &
+    pids+=($!)
+    PORT=18080 $bin/gateway 2>/dev/null &
+    pids+=($!)
+    for n in $(seq "$agents"); do
+      HEALTH_PORT=$((18180 + n)) QDRANT_PATH="$run_dir/$run-$n" WORKER_ID="bench-$n" \
+        $bin/agent 2>"$run_dir/agent-$run-$n.log" &
+      pids+=($!)
+    done
+    for port in 18080 $(seq 18181 $((18180 + agents))); do
+      for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.2; done
+    done
+    token=$(scripts/dev-jwt.sh "$SUPABASE_JWT_SECRET" bench-user)
+    python3 - "$tasks" "$token" "$agents" "$concurrency" "$run_dir" "$run" <<'PY'
+import json, sys, time, urllib.request, glob, statistics
+tasks, token, agents, concurrency, run_dir, run = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+def call(method, path, body=None):
+    req = urllib.request.Request("http://127.0.0.1:18080" + path, method=method,
+        data=json.dumps(body).encode() if body else None,
+        headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+started = time.time()
+ids = [call("POST", "/tasks", {"mandate": "benchmark mandate", "max_ticks": 10})["correlation_id"] for _ in range(tasks)]
+pending = set(ids)
+while pending:
+    for i in list(pending):
+        status = call("GET", "/tasks/" + i)["status"]
+        if status in ("completed", "failed"):
+            assert status == "completed", status
+            pending.discard(i)
+    time.sleep(0.05)
+elapsed = time.time() - started
+work = []
+for path in glob.glob(f"{run_dir}/agent-{run}-*.log"):
+    for line in open(path):
+        if '"local_work_us"' in line:
+            work.append(json.loads(line)["fields"]["local_work_us"])
+work.sort()
+p = lambda q: f"{work[min(len(work) - 1, int(q * len(work)))] / 1000:.2f} ms" if work else "n/a"
+print(f"{agents:<7} {concurrency:<12} {tasks:<8} {tasks / elapsed:<10.1f} {p(0.5):<16} {p(0.99):<16}")
+PY
+    stop_all
+    rabbitmqctl -q delete_queue "bench.$run" >/dev/null 2>&1 || true
+    rabbitmqctl -q delete_queue "bench.$run.dlq" >/dev/null 2>&1 || true
+    redis-cli --scan --pattern "$run:*" | xargs -r -n 1000 redis-cli del >/dev/null
+  done
+done
