@@ -67,14 +67,28 @@ impl QueueReader {
     /// # Errors
     /// [`BrokerError`]; the connection is dropped so the next call reconnects.
     pub async fn ready_count(&mut self) -> Result<u32, BrokerError> {
-        let result = self.try_ready_count().await;
+        let queue = self.queue.clone();
+        self.count(&queue).await
+    }
+
+    /// The ready messages of the queue's dead-letter queue (`{queue}.dlq`): what could not be processed.
+    ///
+    /// # Errors
+    /// [`BrokerError`]; the connection is dropped so the next call reconnects.
+    pub async fn dead_letter_count(&mut self) -> Result<u32, BrokerError> {
+        let queue = format!("{}.dlq", self.queue);
+        self.count(&queue).await
+    }
+
+    async fn count(&mut self, queue: &str) -> Result<u32, BrokerError> {
+        let result = self.try_count(queue).await;
         if result.is_err() {
             self.open = None;
         }
         result
     }
 
-    async fn try_ready_count(&mut self) -> Result<u32, BrokerError> {
+    async fn try_count(&mut self, queue: &str) -> Result<u32, BrokerError> {
         let channel = self.channel().await?;
         let options = QueueDeclareOptions {
             passive: true,
@@ -82,12 +96,12 @@ impl QueueReader {
         };
         let queue = tokio::time::timeout(
             OPERATION_TIMEOUT,
-            channel.queue_declare(self.queue.as_str().into(), options, FieldTable::default()),
+            channel.queue_declare(queue.into(), options, FieldTable::default()),
         )
         .await
         .map_err(|_| BrokerError::Timeout(OPERATION_TIMEOUT))?
         .map_err(|source| BrokerError::Declare {
-            queue: self.queue.clone(),
+            queue: queue.to_owned(),
             source,
         })?;
         Ok(queue.message_count())

@@ -38,7 +38,8 @@ impl Publisher {
         }
     }
 
-    /// Puts `queue_depth` and `in_flight`, timestamped `at`.
+    /// Puts `queue_depth` and `in_flight`, timestamped `at`, and the dead-letter queue's depth as
+    /// `QueueDepth` with `QueueName={queue}.dlq` when it was read (the DLQ alarm watches it).
     ///
     /// # Errors
     /// [`PutError`] with the SDK's error context.
@@ -47,16 +48,18 @@ impl Publisher {
         &self,
         queue_depth: u64,
         in_flight: u64,
+        dead_letter_depth: Option<u64>,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), PutError> {
         let timestamp = DateTime::from_millis(at.timestamp_millis());
-        let datum = |name: &str, value: u64| {
+        let dead_letter_queue = format!("{}.dlq", self.queue);
+        let datum = |name: &str, queue: &str, value: u64| {
             MetricDatum::builder()
                 .metric_name(name)
                 .dimensions(
                     Dimension::builder()
                         .name(QUEUE_DIMENSION)
-                        .value(&self.queue)
+                        .value(queue)
                         .build(),
                 )
                 // Counts far below 2^53: exact as f64.
@@ -65,11 +68,16 @@ impl Publisher {
                 .timestamp(timestamp)
                 .build()
         };
-        self.client
+        let mut request = self
+            .client
             .put_metric_data()
             .namespace(&self.namespace)
-            .metric_data(datum(QUEUE_DEPTH, queue_depth))
-            .metric_data(datum(IN_FLIGHT, in_flight))
+            .metric_data(datum(QUEUE_DEPTH, &self.queue, queue_depth))
+            .metric_data(datum(IN_FLIGHT, &self.queue, in_flight));
+        if let Some(depth) = dead_letter_depth {
+            request = request.metric_data(datum(QUEUE_DEPTH, &dead_letter_queue, depth));
+        }
+        request
             .send()
             .await
             .map_err(|e| PutError(error_chain(&e)))?;

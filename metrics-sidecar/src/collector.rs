@@ -64,8 +64,17 @@ impl Collector {
                 return;
             }
         };
+        // The DLQ depth feeds an alarm, not the scaling; a failed read of it only skips that figure.
+        let dead_letter_depth = match self.reader.dead_letter_count().await {
+            Ok(depth) => Some(u64::from(depth)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the dead-letter queue");
+                None
+            }
+        };
         self.state.update(|s| {
             s.broker_connects = connects;
+            s.dead_letter_depth = dead_letter_depth;
             s.queue_depth = Some(queue_depth);
             s.in_flight = Some(in_flight);
             s.last_read_at = Some(now);
@@ -78,7 +87,10 @@ impl Collector {
         let Some(publisher) = &self.publisher else {
             return;
         };
-        match publisher.put(queue_depth, in_flight, now).await {
+        match publisher
+            .put(queue_depth, in_flight, dead_letter_depth, now)
+            .await
+        {
             Ok(()) => self.state.update(|s| {
                 s.last_put_at = Some(Utc::now());
                 s.puts += 1;

@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub queue_depth: Option<u64>,
     /// Unacknowledged deliveries at the last successful read.
     pub in_flight: Option<u64>,
+    /// Messages in the dead-letter queue at the last successful read of it.
+    pub dead_letter_depth: Option<u64>,
     /// When the figures were last read successfully.
     pub last_read_at: Option<DateTime<Utc>>,
     /// When CloudWatch last accepted a put.
@@ -97,6 +99,12 @@ impl Snapshot {
             "Delivered, unacknowledged messages at the last read.",
             "gauge",
             self.in_flight.map(|v| v.to_string()),
+        );
+        gauge(
+            "euglena_dead_letter_depth",
+            "Messages in the dead-letter queue at the last read.",
+            "gauge",
+            self.dead_letter_depth.map(|v| v.to_string()),
         );
         gauge(
             "euglena_sidecar_up",

@@ -71,15 +71,20 @@ async fn the_puts_are_read_back_from_cloudwatch_with_get_metric_data() {
     })
     .await;
     publish(&app.queue, 4).await;
+    let dead_letter_queue = format!("{}.dlq", app.queue);
+    publish(&dead_letter_queue, 2).await;
     let holder = hold(&app.queue, 1).await;
     app.health_until(MANAGEMENT_LAG, |h| {
-        h["queue_depth"] == 3 && h["in_flight"] == 1 && h["last_put_at"].is_string()
+        h["queue_depth"] == 3
+            && h["in_flight"] == 1
+            && h["dead_letter_depth"] == 2
+            && h["last_put_at"].is_string()
     })
     .await;
 
     // The latest point of each metric, read the way the autoscaler reads them.
     let cloudwatch = aws_sdk_cloudwatch::Client::new(app.aws.as_ref().unwrap());
-    let query = |id: &str, name: &str| {
+    let query = |id: &str, name: &str, queue: &str| {
         MetricDataQuery::builder()
             .id(id)
             .metric_stat(
@@ -88,12 +93,7 @@ async fn the_puts_are_read_back_from_cloudwatch_with_get_metric_data() {
                         Metric::builder()
                             .namespace(&app.namespace)
                             .metric_name(name)
-                            .dimensions(
-                                Dimension::builder()
-                                    .name("QueueName")
-                                    .value(&app.queue)
-                                    .build(),
-                            )
+                            .dimensions(Dimension::builder().name("QueueName").value(queue).build())
                             .build(),
                     )
                     .period(1)
@@ -107,8 +107,9 @@ async fn the_puts_are_read_back_from_cloudwatch_with_get_metric_data() {
         let now = chrono::Utc::now().timestamp();
         let output = cloudwatch
             .get_metric_data()
-            .metric_data_queries(query("depth", "QueueDepth"))
-            .metric_data_queries(query("inflight", "InFlight"))
+            .metric_data_queries(query("depth", "QueueDepth", &app.queue))
+            .metric_data_queries(query("inflight", "InFlight", &app.queue))
+            .metric_data_queries(query("dlq", "QueueDepth", &dead_letter_queue))
             .start_time(DateTime::from_secs(now - 120))
             .end_time(DateTime::from_secs(now + 5))
             .send()
@@ -126,12 +127,15 @@ async fn the_puts_are_read_back_from_cloudwatch_with_get_metric_data() {
                 Some((r.id()?, *newest.1))
             })
             .collect();
-        if latest.get("depth") == Some(&3.0) && latest.get("inflight") == Some(&1.0) {
+        if latest.get("depth") == Some(&3.0)
+            && latest.get("inflight") == Some(&1.0)
+            && latest.get("dlq") == Some(&2.0)
+        {
             break;
         }
         assert!(
             tokio::time::Instant::now() < give_up,
-            "CloudWatch never showed QueueDepth 3 and InFlight 1: {latest:?}"
+            "CloudWatch never showed QueueDepth 3, InFlight 1 and the DLQ's QueueDepth 2: {latest:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
