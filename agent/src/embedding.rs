@@ -135,12 +135,12 @@ impl Embedder {
         tokio::task::spawn_blocking(move || Self::load_blocking(&dir)).await?
     }
 
-    /// Loads the model from `dir`, blocking the calling thread. Call it outside the async runtime.
+    /// Checks that `dir` holds the model's files, without loading them (cheap: for start-up, when the
+    /// model itself is loaded on first use).
     ///
     /// # Errors
-    /// [`EmbeddingError::MissingModelDir`] or [`EmbeddingError::MissingModelFile`] (naming the file) when the
-    /// model has not been fetched, and the other variants when a file is unreadable or not what it should be.
-    pub fn load_blocking(dir: &Path) -> Result<Self, EmbeddingError> {
+    /// [`EmbeddingError::MissingModelDir`] or [`EmbeddingError::MissingModelFile`] (naming the file).
+    pub fn check_files(dir: &Path) -> Result<(), EmbeddingError> {
         if !dir.is_dir() {
             return Err(EmbeddingError::MissingModelDir {
                 dir: dir.to_path_buf(),
@@ -154,6 +154,16 @@ impl Embedder {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Loads the model from `dir`, blocking the calling thread. Call it outside the async runtime.
+    ///
+    /// # Errors
+    /// [`EmbeddingError::MissingModelDir`] or [`EmbeddingError::MissingModelFile`] (naming the file) when the
+    /// model has not been fetched, and the other variants when a file is unreadable or not what it should be.
+    pub fn load_blocking(dir: &Path) -> Result<Self, EmbeddingError> {
+        Self::check_files(dir)?;
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read(&path).map_err(|source| EmbeddingError::Read { path, source })

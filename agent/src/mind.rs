@@ -40,13 +40,43 @@ pub enum MindError {
     Search(#[from] SearchError),
 }
 
+/// Memory that is set up on first use: an idle agent, or one whose tasks never write or query memory,
+/// never loads the embedding model (~90 MB) nor opens the store.
+#[derive(Debug)]
+struct LazyMemory {
+    settings: crate::settings::MemorySettings,
+    memory: tokio::sync::OnceCell<Memory>,
+}
+
+impl LazyMemory {
+    async fn get(&self) -> Result<&Memory, MindError> {
+        self.memory
+            .get_or_try_init(|| async {
+                let settings = &self.settings;
+                let embedder = Embedder::load(settings.model_dir.clone()).await?;
+                let store = Store::open(
+                    settings.qdrant_url.as_deref(),
+                    settings
+                        .qdrant_api_key
+                        .as_ref()
+                        .map(|k| k.expose_secret().to_owned()),
+                    &settings.qdrant_path,
+                )
+                .await?;
+                tracing::info!("memory ready");
+                Ok(Memory::new(embedder, store))
+            })
+            .await
+    }
+}
+
 /// What the mind needs besides the model.
 #[derive(Debug)]
 pub struct Mind {
     llm: Llm,
     search: Option<SearchClient>,
     visitor: Visitor,
-    memory: Option<Memory>,
+    memory: Option<LazyMemory>,
     budget: Budget,
     recall_limit: usize,
 }
@@ -65,43 +95,19 @@ struct TaskState {
 }
 
 impl Mind {
-    /// A mind using `llm`, the optional search API, the browser, and the optional memory.
-    pub fn new(
-        llm: Llm,
-        search: Option<SearchClient>,
-        visitor: Visitor,
-        memory: Option<Memory>,
-        budget: Budget,
-    ) -> Self {
-        Self {
-            llm,
-            search,
-            visitor,
-            memory,
-            budget,
-            recall_limit: 5,
-        }
-    }
-
-    /// Builds the mind from its settings: loads the embedding model and opens the memory store (unless
-    /// memory is disabled); the browser starts lazily, on the first VISIT.
+    /// Builds the mind from its settings. The embedding model's files are checked now but loaded, and the
+    /// memory store opened, on the first tick that writes or queries memory; the browser starts on the
+    /// first VISIT.
     ///
     /// # Errors
     /// [`MindError`] naming the part that could not be set up.
     pub async fn build(settings: &MindSettings) -> Result<Self, MindError> {
         let memory = if settings.memory.enabled {
-            let embedder = Embedder::load(settings.memory.model_dir.clone()).await?;
-            let store = Store::open(
-                settings.memory.qdrant_url.as_deref(),
-                settings
-                    .memory
-                    .qdrant_api_key
-                    .as_ref()
-                    .map(|k| k.expose_secret().to_owned()),
-                &settings.memory.qdrant_path,
-            )
-            .await?;
-            Some(Memory::new(embedder, store))
+            Embedder::check_files(&settings.memory.model_dir)?;
+            Some(LazyMemory {
+                settings: settings.memory.clone(),
+                memory: tokio::sync::OnceCell::new(),
+            })
         } else {
             tracing::warn!(
                 "memory is disabled (MEMORY_ENABLED=false): memory writes and queries are ignored"
@@ -113,13 +119,14 @@ impl Mind {
             settings.browser.clone(),
             VisitPolicy::from_allowlist_setting(&settings.visit_allowlist),
         );
-        Ok(Self::new(
-            crate::llm::Llm::new(settings.llm.clone()),
+        Ok(Self {
+            llm: crate::llm::Llm::new(settings.llm.clone()),
             search,
             visitor,
             memory,
-            Budget::default(),
-        ))
+            budget: Budget::default(),
+            recall_limit: 5,
+        })
     }
 
     /// The browser, so the runtime can close it at shutdown.
@@ -192,18 +199,23 @@ impl Mind {
                 state.deliverables.push(deliverable);
             }
             let mut memory_notice = None;
-            if let Some(memory) = &self.memory {
+            let uses_memory = !output.memory_write.is_empty() || !output.memory_query.is_empty();
+            if let (Some(lazy), true) = (&self.memory, uses_memory) {
                 // One embedding call for this tick's writes and queries together.
-                state.memories = match memory
-                    .remember_and_recall(
-                        &message.owner,
-                        task.id,
-                        output.memory_write,
-                        output.memory_query,
-                        self.recall_limit,
-                    )
-                    .await
-                {
+                let recalled = match lazy.get().await {
+                    Ok(memory) => memory
+                        .remember_and_recall(
+                            &message.owner,
+                            task.id,
+                            output.memory_write,
+                            output.memory_query,
+                            self.recall_limit,
+                        )
+                        .await
+                        .map_err(MindError::from),
+                    Err(error) => Err(error),
+                };
+                state.memories = match recalled {
                     Ok(recalled) => recalled.into_iter().map(|r| r.text).collect(),
                     Err(error) => {
                         tracing::warn!(%error, "memory failed");
@@ -212,6 +224,8 @@ impl Mind {
                         Vec::new()
                     }
                 };
+            } else if self.memory.is_some() {
+                state.memories.clear();
             }
             // The agent's own work this tick: the prompt, reading the answer, memory; not the model's time
             // nor the action's I/O. `bench/fleet.sh` reads it from these debug lines.
