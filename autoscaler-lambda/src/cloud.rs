@@ -149,7 +149,7 @@ impl Cloud for AwsCloud {
                 .set_next_token(next_token.take())
                 .send()
                 .await
-                .map_err(|e| CloudError::Metrics(error_chain(&e)))?;
+                .map_err(|e| CloudError::Metrics(shared::errors::chain(&e)))?;
             for result in output.metric_data_results() {
                 let is_depth = result.id() == Some("depth");
                 for (at, value) in result.timestamps().iter().zip(result.values()) {
@@ -186,7 +186,7 @@ impl Cloud for AwsCloud {
             .services(&self.service)
             .send()
             .await
-            .map_err(|e| self.describe_error(error_chain(&e)))?;
+            .map_err(|e| self.describe_error(shared::errors::chain(&e)))?;
         let service = output
             .services()
             .iter()
@@ -219,43 +219,7 @@ impl Cloud for AwsCloud {
             .desired_count(count)
             .send()
             .await
-            .map_err(|e| update_error(error_chain(&e)))?;
+            .map_err(|e| update_error(shared::errors::chain(&e)))?;
         Ok(())
-    }
-}
-
-/// An error and its sources joined with ": " (the SDK's Debug dump of the raw response stays out).
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("service error")]
-    struct Outer(#[source] Inner);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("ClusterNotFoundException: Cluster not found.")]
-    struct Inner;
-
-    #[test]
-    fn an_error_reads_as_its_chain_of_causes() {
-        assert_eq!(
-            error_chain(&Outer(Inner)),
-            "service error: ClusterNotFoundException: Cluster not found."
-        );
     }
 }

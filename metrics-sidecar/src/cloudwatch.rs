@@ -80,22 +80,7 @@ impl Publisher {
         request
             .send()
             .await
-            .map_err(|e| PutError(error_chain(&e)))?;
+            .map_err(|e| PutError(shared::errors::chain(&e)))?;
         Ok(())
     }
-}
-
-/// An error and its sources joined with ": " (the SDK's Debug dump of the raw response stays out).
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }

@@ -6,6 +6,7 @@
 //! scripts that move a record atomically ([`store`]), the queue topology and message ([`queue`]), settings
 //! helpers ([`settings`]), telemetry ([`telemetry`]) and the shutdown signal ([`shutdown`]).
 
+pub mod errors;
 pub mod keys;
 pub mod queue;
 pub mod settings;
