@@ -4,6 +4,7 @@
 //! They stand in for the only two things no test here can run for real: a language model and a web
 //! search engine. Everything else in the tests is real (Redis, RabbitMQ, Chromium, the AWS emulator).
 
+pub mod broker;
 pub mod cleanup;
 pub mod model;
 pub mod search;

@@ -2,17 +2,9 @@
 //! alone, after the rest.
 
 use crate::helpers::{eventually, spawn_app_with};
+use euglena_tests::broker::rabbitmqctl;
 use serde_json::json;
-use std::process::Command;
 use std::time::Duration;
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
 
 #[tokio::test]
 async fn the_gateway_reconnects_after_rabbitmq_restarts() {

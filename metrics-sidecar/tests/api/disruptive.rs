@@ -2,16 +2,8 @@
 //! alone, after the rest.
 
 use crate::helpers::{Options, publish, spawn_app};
-use std::process::Command;
+use euglena_tests::broker::rabbitmqctl;
 use std::time::Duration;
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
 
 #[tokio::test]
 async fn the_sidecar_reconnects_after_rabbitmq_restarts() {
