@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against real services. First it installs and starts what the tests
-# need (Redis, RabbitMQ with its management plugin, Chromium, the moto AWS emulator, the embedding model),
-# skipping whatever is already there; then it runs the tests that share those services in parallel, then
-# the ones that restart a service ("disruptive") one at a time, then the offline deployment checks.
+# need (Redis, RabbitMQ with its management plugin, Chromium, the moto AWS emulator, the Qdrant emulator, the
+# embedding model), skipping whatever is already there; then it runs the tests that share those services in
+# parallel, then the ones that restart a service ("disruptive") one at a time, then the offline deployment
+# checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/ensure-services.sh
 scripts/ensure-chromium.sh
 eval "$(scripts/ensure-moto.sh --print-env)"
+eval "$(scripts/ensure-qdrant-emulator.sh --print-env)"
 EMBEDDING_MODEL_DIR=$(scripts/fetch-embedding-model.sh | tail -n 1)
 export EMBEDDING_MODEL_DIR
 # One thread per embedding: on two cores, candle's thread pool only adds contention.

@@ -33,6 +33,10 @@ pub const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safe
 /// Texts run through the model together at most; bounds the memory one call can take.
 const MAX_BATCH: usize = 32;
 
+/// Embeddings kept for texts seen before (~1.6 KB each, so ~6.5 MB at most): an agent asks its memory the
+/// same questions tick after tick, and an embedding is a pure function of the text.
+const CACHE_ENTRIES: usize = 4_096;
+
 /// What can go wrong loading the model or embedding texts.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddingError {
@@ -114,6 +118,8 @@ struct Inner {
     tokenizer: Tokenizer,
     device: Device,
     dir: PathBuf,
+    /// Embeddings of recently embedded texts.
+    cache: quick_cache::sync::Cache<String, Arc<[f32]>>,
 }
 
 impl fmt::Debug for Embedder {
@@ -216,6 +222,7 @@ impl Embedder {
                 tokenizer,
                 device,
                 dir: dir.to_path_buf(),
+                cache: quick_cache::sync::Cache::new(CACHE_ENTRIES),
             }),
         })
     }
@@ -225,29 +232,72 @@ impl Embedder {
         EMBEDDING_DIM
     }
 
-    /// Embeds `texts` on tokio's blocking pool: one unit-length vector per text, in order.
+    /// Embeds `texts`: one unit-length vector per text, in order. Texts embedded recently come from a cache;
+    /// the others run through the model together, on tokio's blocking pool.
     ///
     /// # Errors
     /// [`EmbeddingError::Tokenize`] or [`EmbeddingError::Model`] when inference fails, and
     /// [`EmbeddingError::Task`] when the blocking task panics.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbeddingError> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
+        let (mut vectors, missing) = self.cached(&texts);
+        if missing.is_empty() {
+            return Ok(vectors.into_iter().flatten().collect());
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.embed_blocking(&texts)).await?
+        let computed = tokio::task::spawn_blocking(move || {
+            let texts: Vec<String> = missing.iter().map(|&i| texts[i].clone()).collect();
+            this.compute(&texts).map(|computed| (missing, computed))
+        })
+        .await??;
+        Ok(self.merge(&mut vectors, computed))
     }
 
-    /// Embeds `texts` on the calling thread. Call it outside the async runtime.
+    /// Embeds `texts` on the calling thread, as [`Embedder::embed`] does. Call it outside the async runtime.
     ///
     /// # Errors
     /// As [`Embedder::embed`], without [`EmbeddingError::Task`].
     pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbeddingError> {
+        let (mut vectors, missing) = self.cached(texts);
+        let uncached: Vec<String> = missing.iter().map(|&i| texts[i].clone()).collect();
+        let computed = self.compute(&uncached)?;
+        Ok(self.merge(&mut vectors, (missing, computed)))
+    }
+
+    /// The cached vector of each text, and the positions of those not cached.
+    fn cached(&self, texts: &[String]) -> (Vec<Option<Vec<f32>>>, Vec<usize>) {
+        let vectors: Vec<Option<Vec<f32>>> = texts
+            .iter()
+            .map(|text| self.inner.cache.get(text).map(|v| v.to_vec()))
+            .collect();
+        let missing = (0..texts.len()).filter(|&i| vectors[i].is_none()).collect();
+        (vectors, missing)
+    }
+
+    /// Caches the `computed` vectors of the texts at `missing` and fills them in.
+    fn merge(
+        &self,
+        vectors: &mut [Option<Vec<f32>>],
+        (missing, computed): (Vec<usize>, Vec<(String, Vec<f32>)>),
+    ) -> Vec<Vec<f32>> {
+        for (i, (text, vector)) in missing.into_iter().zip(computed) {
+            self.inner.cache.insert(text, Arc::from(vector.as_slice()));
+            vectors[i] = Some(vector);
+        }
+        vectors.iter_mut().filter_map(Option::take).collect()
+    }
+
+    /// Runs `texts` through the model, in batches of at most [`MAX_BATCH`].
+    fn compute(&self, texts: &[String]) -> Result<Vec<(String, Vec<f32>)>, EmbeddingError> {
         let mut vectors = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(MAX_BATCH) {
             vectors.extend(self.embed_batch(chunk)?);
         }
-        Ok(vectors)
+        Ok(texts.iter().cloned().zip(vectors).collect())
+    }
+
+    /// Number of embeddings cached now.
+    pub fn cached_len(&self) -> usize {
+        self.inner.cache.len()
     }
 
     fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbeddingError> {
@@ -368,6 +418,30 @@ mod tests {
         assert!(
             paraphrase - unrelated > 0.4,
             "paraphrase {paraphrase} vs unrelated {unrelated}"
+        );
+    }
+
+    #[tokio::test]
+    async fn texts_seen_before_come_from_the_cache_in_order_with_the_same_vectors() {
+        let embedder = embedder().await;
+        let unique = |name: &str| format!("{name} {}", uuid::Uuid::new_v4());
+        let (a, b, c) = (unique("alpha"), unique("beta"), unique("gamma"));
+        let first = embedder.embed(vec![a.clone(), b.clone()]).await.unwrap();
+        let cached = embedder.cached_len();
+
+        // `a` and `b` come from the cache, `c` from the model, and the order is the caller's.
+        let mixed = embedder
+            .embed(vec![b.clone(), c.clone(), a.clone()])
+            .await
+            .unwrap();
+        assert_eq!(embedder.cached_len(), cached + 1);
+        assert_eq!(mixed[0], first[1]);
+        assert_eq!(mixed[2], first[0]);
+        let alone = embedder.embed_blocking(std::slice::from_ref(&c)).unwrap();
+        assert_eq!(mixed[1], alone[0]);
+        assert!(
+            cosine(&mixed[1], &mixed[0]) < 0.999,
+            "distinct texts, distinct vectors"
         );
     }
 
