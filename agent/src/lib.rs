@@ -28,6 +28,7 @@ pub mod search;
 pub mod settings;
 pub mod ssrf;
 pub mod startup;
+pub mod sweeper;
 pub mod tick;
 pub mod worker;
 

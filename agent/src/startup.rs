@@ -143,6 +143,18 @@ impl<E: TaskExecutor> Application<E> {
             settings.status_interval,
             background.clone(),
         ));
+        let sweeper_task = tokio::spawn(
+            crate::sweeper::Sweeper::new(
+                redis.clone(),
+                common.keys(),
+                common.rabbitmq_url.clone(),
+                common.topology().dead_letter_queue(),
+                Duration::from_secs(common.worker_ttl_seconds),
+                common.task_ttl_seconds,
+                worker_id.clone(),
+            )
+            .run(background.clone()),
+        );
         let protection_task = settings.ecs_agent_uri.as_deref().map(|uri| {
             let protection = Protection::new(
                 uri,
@@ -211,6 +223,9 @@ impl<E: TaskExecutor> Application<E> {
         background.cancel();
         if let Err(error) = presence_task.await {
             tracing::error!(%error, "the presence task panicked");
+        }
+        if let Err(error) = sweeper_task.await {
+            tracing::error!(%error, "the dead-letter sweeper panicked");
         }
         if let Some(task) = protection_task
             && let Err(error) = task.await

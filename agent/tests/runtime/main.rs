@@ -11,5 +11,6 @@ mod disruptive;
 mod helpers;
 mod process;
 mod store;
+mod sweeper;
 mod web;
 mod worker;
