@@ -259,3 +259,46 @@ async fn an_idle_agent_survives_a_redis_restart_and_takes_the_next_task() -> any
     agent.shutdown().await?;
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn a_task_in_hand_survives_a_redis_restart_and_completes_once() -> anyhow::Result<()> {
+    let mut redis = crate::helpers::PrivateRedis::start().await?;
+    let env = TestEnv::with_redis(3, &redis.url()).await?;
+    let agent = start_agent(&env, &[]).await?;
+    let id = env.create_task("ticks=16 tick_ms=250", 30).await?;
+    env.wait_record(id, Duration::from_secs(10), |r| {
+        r.status == Status::InProgress
+    })
+    .await?;
+
+    redis.kill().await?;
+    poll(Duration::from_secs(5), || async {
+        Ok((agent.health().await?["components"]["redis"] == false).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart().await?;
+    let record = env
+        .wait_record(id, Duration::from_secs(60), |r| r.status.is_terminal())
+        .await?;
+
+    assert_eq!(
+        record.status,
+        Status::Completed,
+        "error: {:?}",
+        record.error
+    );
+    assert_eq!(
+        env.runs(id).await?,
+        1,
+        "the task kept running through the outage"
+    );
+    assert_eq!(
+        env.quota_used().await?,
+        16,
+        "the 14 unused ticks are refunded once"
+    );
+    assert_eq!(agent.health().await?["components"]["redis"], true);
+    agent.shutdown().await?;
+    env.cleanup().await
+}

@@ -465,19 +465,26 @@ impl TestEnv {
     }
 }
 
-/// A private Redis server on a free port, for tests that restart Redis without disturbing others.
+/// A private Redis server on a free port, for tests that restart Redis without disturbing others. It keeps
+/// its data in an append-only file synced on every write, as a production Redis would, so a restart (even
+/// after `kill -9`) finds the task records where they were.
 pub struct PrivateRedis {
     pub port: u16,
     child: Option<tokio::process::Child>,
+    dir: tempfile::TempDir,
 }
 
 impl PrivateRedis {
-    /// Starts `redis-server` on a free port, without persistence.
+    /// Starts `redis-server` on a free port.
     pub async fn start() -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let mut redis = Self { port, child: None };
+        let mut redis = Self {
+            port,
+            child: None,
+            dir: tempfile::tempdir()?,
+        };
         redis.restart().await?;
         Ok(redis)
     }
@@ -504,8 +511,12 @@ impl PrivateRedis {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "always",
             ])
+            .arg("--dir")
+            .arg(self.dir.path())
             .args(["--bind", "127.0.0.1"])
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
