@@ -143,18 +143,16 @@ impl<E: TaskExecutor> Application<E> {
             settings.status_interval,
             background.clone(),
         ));
-        let sweeper_task = tokio::spawn(
-            crate::sweeper::Sweeper::new(
-                redis.clone(),
-                common.keys(),
-                common.rabbitmq_url.clone(),
-                common.topology().dead_letter_queue(),
-                Duration::from_secs(common.worker_ttl_seconds),
-                common.task_ttl_seconds,
-                worker_id.clone(),
-            )
-            .run(background.clone()),
-        );
+        let sweeper = crate::sweeper::Sweeper {
+            redis: redis.clone(),
+            keys: common.keys(),
+            rabbitmq_url: common.rabbitmq_url.clone(),
+            dead_letter_queue: common.topology().dead_letter_queue(),
+            worker_ttl: Duration::from_secs(common.worker_ttl_seconds),
+            task_ttl_seconds: common.task_ttl_seconds,
+            worker_id: worker_id.clone(),
+        };
+        let sweeper_task = tokio::spawn(sweeper.run(background.clone()));
         let protection_task = settings.ecs_agent_uri.as_deref().map(|uri| {
             let protection = Protection::new(
                 uri,

@@ -64,37 +64,23 @@ pub enum SweepError {
 /// Sweeps `{queue}.dlq` on a timer.
 #[derive(Debug, Clone)]
 pub struct Sweeper {
-    redis: ConnectionManager,
-    keys: Keys,
-    rabbitmq_url: SecretString,
-    dead_letter_queue: String,
-    worker_ttl: Duration,
-    task_ttl_seconds: u64,
-    worker_id: String,
+    /// Where the task records and the sweep lock live.
+    pub redis: ConnectionManager,
+    /// The key names.
+    pub keys: Keys,
+    /// The broker; each sweep opens a connection of its own and closes it.
+    pub rabbitmq_url: SecretString,
+    /// The queue swept (`{queue}.dlq`).
+    pub dead_letter_queue: String,
+    /// A task whose record was written within this long is still a worker's: left for a later sweep.
+    pub worker_ttl: Duration,
+    /// How long a finished task's record is kept (as everywhere: `TASK_TTL_SECONDS`).
+    pub task_ttl_seconds: u64,
+    /// This agent, as the holder of the sweep lock.
+    pub worker_id: String,
 }
 
 impl Sweeper {
-    /// A sweeper for `dead_letter_queue`, failing tasks untouched for `worker_ttl`.
-    pub fn new(
-        redis: ConnectionManager,
-        keys: Keys,
-        rabbitmq_url: SecretString,
-        dead_letter_queue: String,
-        worker_ttl: Duration,
-        task_ttl_seconds: u64,
-        worker_id: String,
-    ) -> Self {
-        Self {
-            redis,
-            keys,
-            rabbitmq_url,
-            dead_letter_queue,
-            worker_ttl,
-            task_ttl_seconds,
-            worker_id,
-        }
-    }
-
     /// The Redis key whose holder sweeps this interval.
     fn lock_key(&self) -> String {
         format!("{}dlq:sweeper", self.keys.prefix())

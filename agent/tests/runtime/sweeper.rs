@@ -13,15 +13,15 @@ use shared::task::TaskResult;
 use std::time::Duration;
 
 fn sweeper(env: &TestEnv, worker_ttl: Duration) -> Sweeper {
-    Sweeper::new(
-        env.redis.clone(),
-        env.keys.clone(),
-        rabbitmq_url().into(),
-        env.topology.dead_letter_queue(),
+    Sweeper {
+        redis: env.redis.clone(),
+        keys: env.keys.clone(),
+        rabbitmq_url: rabbitmq_url().into(),
+        dead_letter_queue: env.topology.dead_letter_queue(),
         worker_ttl,
-        3_600,
-        "sweeper-test".to_owned(),
-    )
+        task_ttl_seconds: 3_600,
+        worker_id: "sweeper-test".to_owned(),
+    }
 }
 
 /// Gives every delivery of the task queue back until the broker dead-letters the message, as it does
