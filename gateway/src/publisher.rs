@@ -215,7 +215,16 @@ async fn supervise(
             }
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    *shared.channel.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                    let channel = shared
+                        .channel
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take();
+                    // The channel before its connection: closing a connection under an open channel
+                    // makes lapin log an error for a clean shutdown.
+                    if let Some(channel) = channel {
+                        let _ = channel.close(200, "gateway shutting down".into()).await;
+                    }
                     let _ = connection.close(200, "gateway shutting down".into()).await;
                     return;
                 }
