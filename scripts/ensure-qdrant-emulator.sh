@@ -54,11 +54,8 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
 PY
 }
 
-if answers; then
-    report
-    exit 0
-fi
-
+# Installed even when an emulator already answers (say, one started from another checkout): tests start
+# emulators of their own from this checkout's `.venv`.
 if [[ ! -x "$venv/bin/python" ]]; then
     echo "ensure-qdrant-emulator: creating virtualenv $venv" >&2
     python3 -m venv "$venv"
@@ -68,6 +65,11 @@ if ! "$venv/bin/python" -c "import importlib.metadata as m, qdrant_client.grpc
 assert m.version('qdrant-client') == '1.20.0'" >/dev/null 2>&1; then
     echo "ensure-qdrant-emulator: installing qdrant-client==1.20.0 into $venv" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "qdrant-client==1.20.0" >&2
+fi
+
+if answers; then
+    report
+    exit 0
 fi
 
 mkdir -p "$log_dir"
