@@ -997,6 +997,31 @@ mod tests {
                 .unwrap();
             assert_eq!(recalled_texts(&hits), ["the sky is blue"]);
         }
+
+        /// Checked before anything reaches the store (for the server, before anything is sent).
+        pub(super) async fn a_vector_of_the_wrong_size_is_refused<S: VectorStore>(
+            memory: &Memory<S>,
+        ) {
+            let task = Uuid::new_v4();
+            let error = memory
+                .store()
+                .upsert("alice", task, vec![("text".into(), vec![0.5; 3])])
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, MemoryError::Dimension { actual: 3 }),
+                "{error:?}"
+            );
+            let error = memory
+                .store()
+                .search("alice", task, vec![0.5; 385], 1)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, MemoryError::Dimension { actual: 385 }),
+                "{error:?}"
+            );
+        }
     }
 
     /// Declares one `#[tokio::test]` per contract function, each on a fresh memory from `$memory()` (which
@@ -1004,6 +1029,7 @@ mod tests {
     macro_rules! contract_tests {
         ($memory:ident) => {
             contract_tests!($memory:
+                a_vector_of_the_wrong_size_is_refused,
             recall_returns_the_semantically_closest_text_first,
             one_owners_recall_never_returns_another_owners_memories,
             two_tasks_of_one_owner_do_not_see_each_others_memories,
@@ -1070,29 +1096,6 @@ mod tests {
         #[tokio::test]
         async fn memories_survive_a_plain_drop_of_the_shard() {
             remembered_across_reopening(false).await;
-        }
-
-        #[tokio::test]
-        async fn a_vector_of_the_wrong_size_is_refused() {
-            let dir = tempfile::tempdir().unwrap();
-            let store = EdgeStore::open(dir.path()).await.unwrap();
-            let task = Uuid::new_v4();
-            let error = store
-                .upsert("alice", task, vec![("text".into(), vec![0.5; 3])])
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(error, MemoryError::Dimension { actual: 3 }),
-                "{error:?}"
-            );
-            let error = store
-                .search("alice", task, vec![0.5; 385], 1)
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(error, MemoryError::Dimension { actual: 385 }),
-                "{error:?}"
-            );
         }
 
         #[tokio::test]
@@ -1216,19 +1219,6 @@ mod tests {
                 .unwrap_err();
             assert!(
                 matches!(&error, MemoryError::IncompatibleCollection { found, .. } if found == "(8, Dot)"),
-                "{error:?}"
-            );
-        }
-
-        #[tokio::test]
-        async fn a_vector_of_the_wrong_size_is_refused_before_it_is_sent() {
-            let store = connect(&new_collection()).await;
-            let error = store
-                .search("alice", Uuid::new_v4(), vec![0.5; 3], 1)
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(error, MemoryError::Dimension { actual: 3 }),
                 "{error:?}"
             );
         }
