@@ -219,6 +219,15 @@ impl TestEnv {
         .await
     }
 
+    /// Applies `steps` to task `id` in order, as workers would have (through the shared transition).
+    pub async fn advance(&self, id: Uuid, steps: &[shared::store::Transition]) -> Result<()> {
+        let mut conn = self.redis.clone();
+        for step in steps {
+            shared::store::transition(&mut conn, &self.keys, id, step, Utc::now(), 600).await?;
+        }
+        Ok(())
+    }
+
     /// Ticks charged today.
     pub async fn quota_used(&self) -> Result<i64> {
         let mut conn = self.redis.clone();

@@ -4,11 +4,10 @@
 use crate::helpers::{TestEnv, poll, rabbitmq_url};
 use agent::sweeper::Sweeper;
 use anyhow::Result;
-use chrono::Utc;
 use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions};
 use shared::Status;
-use shared::store::{Transition, transition};
+use shared::store::Transition;
 use shared::task::TaskResult;
 use std::time::Duration;
 
@@ -67,9 +66,8 @@ async fn a_task_whose_every_delivery_died_is_failed_by_the_sweeper_once_and_refu
 {
     let env = TestEnv::new(1).await?;
     let id = env.create_task("every worker dies", 10).await?;
-    let mut conn = env.redis.clone();
-    let accepted = Transition::to(Status::Accepted).counting_attempt();
-    transition(&mut conn, &env.keys, id, &accepted, Utc::now(), 3_600).await?;
+    env.advance(id, &[Transition::to(Status::Accepted).counting_attempt()])
+        .await?;
     assert_eq!(env.quota_used().await?, 10);
     exhaust_deliveries(&env).await?;
     let dlq = env.topology.dead_letter_queue();
@@ -95,60 +93,25 @@ async fn a_task_whose_every_delivery_died_is_failed_by_the_sweeper_once_and_refu
 #[tokio::test]
 async fn the_sweeper_leaves_poison_finished_and_recently_active_tasks_alone() -> Result<()> {
     let env = TestEnv::new(3).await?;
-    let mut conn = env.redis.clone();
-    let now = Utc::now();
+    let accepted = Transition::to(Status::Accepted).counting_attempt();
 
     let finished = env.store_task("already done", 5).await?;
-    let done = Transition::to(Status::Completed).with(
-        shared::task::field::RESULT,
-        serde_json::to_string(&TaskResult {
-            success: true,
-            summary: "done".into(),
-            deliverables: vec![],
-            sources: vec![],
-            ticks_used: 2,
-        })?,
-    );
-    let accepted = Transition::to(Status::Accepted).counting_attempt();
-    transition(
-        &mut conn,
-        &env.keys,
-        finished.correlation_id,
-        &accepted,
-        now,
-        3_600,
-    )
-    .await?;
-    transition(
-        &mut conn,
-        &env.keys,
-        finished.correlation_id,
-        &done,
-        now,
-        3_600,
-    )
-    .await?;
+    let result = TaskResult {
+        success: true,
+        summary: "done".into(),
+        deliverables: vec![],
+        sources: vec![],
+        ticks_used: 2,
+    };
+    let done = Transition::to(Status::Completed)
+        .with(shared::task::field::RESULT, serde_json::to_string(&result)?);
+    env.advance(finished.correlation_id, &[accepted.clone(), done])
+        .await?;
 
     let working = env.store_task("a live worker has it", 5).await?;
     let running = Transition::to(Status::InProgress).with(shared::task::field::TICK, "1");
-    transition(
-        &mut conn,
-        &env.keys,
-        working.correlation_id,
-        &accepted,
-        now,
-        3_600,
-    )
-    .await?;
-    transition(
-        &mut conn,
-        &env.keys,
-        working.correlation_id,
-        &running,
-        now,
-        3_600,
-    )
-    .await?;
+    env.advance(working.correlation_id, &[accepted, running])
+        .await?;
 
     publish_to_dlq(&env, b"{not a task").await?;
     publish_to_dlq(&env, &serde_json::to_vec(&finished)?).await?;

@@ -267,14 +267,14 @@ async fn a_task_left_in_progress_by_a_dead_worker_is_taken_again_and_completes()
 -> anyhow::Result<()> {
     let env = TestEnv::new(3).await?;
     let id = env.create_task("ticks=2", 5).await?;
-    let mut conn = env.redis.clone();
-    let now = chrono::Utc::now();
-    for step in [
-        Transition::to(Status::Accepted).counting_attempt(),
-        Transition::to(Status::InProgress).with("tick", "1"),
-    ] {
-        transition(&mut conn, &env.keys, id, &step, now, 600).await?;
-    }
+    env.advance(
+        id,
+        &[
+            Transition::to(Status::Accepted).counting_attempt(),
+            Transition::to(Status::InProgress).with("tick", "1"),
+        ],
+    )
+    .await?;
     let worker = env.worker(env.scripted("w").await?, Stopping::default());
 
     let handled = worker.try_execute_task(env.next_delivery().await?).await;
