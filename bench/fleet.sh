@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 tasks=${1:-40}
 scripts/ensure-services.sh >/dev/null
 EMBEDDING_MODEL_DIR=$(scripts/fetch-embedding-model.sh | tail -n 1)
-export EMBEDDING_MODEL_DIR RAYON_NUM_THREADS=1
+export EMBEDDING_MODEL_DIR
 profile=${PROFILE:-release}
 if [ "$profile" = release ]; then
   cargo build --release -q -p gateway -p agent -p euglena-tests --bins

@@ -13,8 +13,6 @@ eval "$(scripts/ensure-moto.sh --print-env)"
 eval "$(scripts/ensure-qdrant-emulator.sh --print-env)"
 EMBEDDING_MODEL_DIR=$(scripts/fetch-embedding-model.sh | tail -n 1)
 export EMBEDDING_MODEL_DIR
-# One thread per embedding: on two cores, candle's thread pool only adds contention.
-export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast -E 'not test(/disruptive/)'

@@ -1,7 +1,8 @@
 //! In-process sentence embeddings for the agent's memory.
 //!
 //! The agent embeds what it remembers and what it asks its memory with all-MiniLM-L6-v2 (384 dimensions),
-//! computed in pure Rust with candle and tokenizers, so memory needs no embedding server. The model is read
+//! computed in pure Rust (tokenizers, and the forward pass of the workspace's `minilm` crate), so memory needs
+//! no embedding server. The model is read
 //! from a directory holding `config.json`, `tokenizer.json` and `model.safetensors`
 //! (`scripts/fetch-embedding-model.sh` fetches them). An embedding is the mean of the model's token states
 //! over the attention mask, L2-normalised, so the dot product of two embeddings is their cosine similarity.
@@ -12,10 +13,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use minilm::{Config, Model};
+use tokenizers::{Tokenizer, TruncationParams};
 
 /// Number of dimensions of an all-MiniLM-L6-v2 embedding.
 pub const EMBEDDING_DIM: usize = 384;
@@ -70,14 +69,14 @@ pub enum EmbeddingError {
         #[source]
         source: std::io::Error,
     },
-    /// `config.json` is not a BERT configuration.
-    #[error("invalid embedding model config {}", path.display())]
+    /// `config.json` is not a BERT configuration the model runs.
+    #[error("invalid embedding model config {}: {source}", path.display())]
     Config {
         /// The file.
         path: PathBuf,
         /// Why.
         #[source]
-        source: serde_json::Error,
+        source: minilm::Error,
     },
     /// The configured model does not produce [`EMBEDDING_DIM`]-dimensional embeddings.
     #[error("embedding model in {} has hidden size {actual}, expected {EMBEDDING_DIM}", dir.display())]
@@ -101,7 +100,7 @@ pub enum EmbeddingError {
     Tokenize(#[source] tokenizers::Error),
     /// Loading the weights or running the model failed.
     #[error("embedding model failed: {0}")]
-    Model(#[from] candle_core::Error),
+    Model(#[from] minilm::Error),
     /// The blocking inference task panicked or was cancelled.
     #[error("embedding task did not complete: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -114,9 +113,8 @@ pub struct Embedder {
 }
 
 struct Inner {
-    model: BertModel,
+    model: Model,
     tokenizer: Tokenizer,
-    device: Device,
     dir: PathBuf,
     /// Embeddings of recently embedded texts.
     cache: quick_cache::sync::Cache<String, Arc<[f32]>>,
@@ -176,12 +174,10 @@ impl Embedder {
         };
 
         let config_path = dir.join("config.json");
-        let config: BertConfig =
-            serde_json::from_slice(&read("config.json")?).map_err(|source| {
-                EmbeddingError::Config {
-                    path: config_path,
-                    source,
-                }
+        let config =
+            Config::from_json(&read("config.json")?).map_err(|source| EmbeddingError::Config {
+                path: config_path,
+                source,
             })?;
         if config.hidden_size != EMBEDDING_DIM {
             return Err(EmbeddingError::WrongDimension {
@@ -197,12 +193,9 @@ impl Embedder {
         };
         let mut tokenizer =
             Tokenizer::from_bytes(read("tokenizer.json")?).map_err(tokenizer_error)?;
-        // The shipped tokenizer pads every input to 128 tokens; pad a batch only to its longest member
-        // instead, and read up to the length the model was trained on.
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..PaddingParams::default()
-        }));
+        // The shipped tokenizer pads every input to 128 tokens; the model takes each text at its own length
+        // instead, and reads up to the length it was trained on.
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_TOKENS.min(config.max_position_embeddings),
@@ -210,17 +203,13 @@ impl Embedder {
             }))
             .map_err(tokenizer_error)?;
 
-        let device = Device::Cpu;
-        // Buffered rather than memory-mapped: mapping a file is `unsafe`, which this crate forbids.
-        let weights =
-            VarBuilder::from_buffered_safetensors(read("model.safetensors")?, DType::F32, &device)?;
-        let model = BertModel::load(weights, &config)?;
+        // Read rather than memory-mapped: mapping a file is `unsafe`, which this crate forbids.
+        let model = Model::from_safetensors(config, &read("model.safetensors")?)?;
 
         Ok(Self {
             inner: Arc::new(Inner {
                 model,
                 tokenizer,
-                device,
                 dir: dir.to_path_buf(),
                 cache: quick_cache::sync::Cache::new(CACHE_ENTRIES),
             }),
@@ -302,41 +291,19 @@ impl Embedder {
 
     fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbeddingError> {
         let Inner {
-            model,
-            tokenizer,
-            device,
-            ..
+            model, tokenizer, ..
         } = &*self.inner;
-        let encodings = tokenizer
-            .encode_batch(texts.to_vec(), true)
+        // One text at a time: the batch's texts are few and short, and encode_batch would use a thread pool.
+        let encodings = texts
+            .iter()
+            .map(|text| tokenizer.encode(text.as_str(), true))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(EmbeddingError::Tokenize)?;
-
-        let rows = |row: fn(&tokenizers::Encoding) -> &[u32]| -> Result<Tensor, EmbeddingError> {
-            let rows = encodings
-                .iter()
-                .map(|encoding| Tensor::new(row(encoding), device))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Tensor::stack(&rows, 0)?)
-        };
-        let input_ids = rows(tokenizers::Encoding::get_ids)?;
-        let attention_mask = rows(tokenizers::Encoding::get_attention_mask)?;
-        let token_type_ids = input_ids.zeros_like()?;
-
-        // (batch, tokens, dim)
-        let states = model.forward(&input_ids, &token_type_ids, Some(&attention_mask))?;
-
-        // Mean over the real tokens only: padding must not dilute short texts in a mixed batch.
-        let mask = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (batch, tokens, 1)
-        let summed = states.broadcast_mul(&mask)?.sum(1)?; // (batch, dim)
-        let counts = mask.sum(1)?; // (batch, 1)
-        let mean = summed.broadcast_div(&counts)?;
-
-        let norms = mean
-            .sqr()?
-            .sum_keepdim(1)?
-            .sqrt()?
-            .clamp(1e-12f32, f32::MAX)?;
-        Ok(mean.broadcast_div(&norms)?.to_vec2::<f32>()?)
+        let ids: Vec<&[u32]> = encodings
+            .iter()
+            .map(tokenizers::Encoding::get_ids)
+            .collect();
+        Ok(model.embed(&ids)?)
     }
 }
 
@@ -419,6 +386,30 @@ mod tests {
             paraphrase - unrelated > 0.4,
             "paraphrase {paraphrase} vs unrelated {unrelated}"
         );
+    }
+
+    #[tokio::test]
+    async fn texts_embed_as_the_reference_implementation_embedded_them() {
+        // Tokenizer and model together against embeddings recorded from candle-transformers' BertModel (f32
+        // weights; ours are bfloat16, hence a cosine a little under 1).
+        #[derive(serde::Deserialize)]
+        struct Reference {
+            cases: Vec<Case>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Case {
+            text: String,
+            embedding: Vec<f32>,
+        }
+        let reference: Reference =
+            serde_json::from_str(include_str!("../minilm/tests/data/reference.json")).unwrap();
+        let embedder = embedder().await;
+        let texts = reference.cases.iter().map(|c| c.text.clone()).collect();
+        let vectors = embedder.embed(texts).await.unwrap();
+        for (case, vector) in reference.cases.iter().zip(vectors) {
+            let similarity = cosine(&case.embedding, &vector);
+            assert!(similarity > 0.9999, "{:?}: cosine {similarity}", case.text);
+        }
     }
 
     #[tokio::test]

@@ -3,10 +3,13 @@
 //! EXIT, then a synthesis that says it came from the fixture), so the pipeline can be seen working offline.
 //!
 //! Usage: `fixture-model [PORT] [--bench]` (default 8099); prints its `MODEL_API_URL`. With `--bench` it
-//! answers at once with four THINK ticks that each write and query memory, then EXIT (for `bench/fleet.sh`).
+//! answers at once with four THINK ticks that each write and query memory (texts never
+//! seen before), then EXIT (for `bench/fleet.sh`).
 
 use euglena_tests::model::{FixtureModel, Reply};
 use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Each answer waits this long, so a person watching the demo sees the ticks go by.
@@ -23,13 +26,19 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(8099);
     let model = FixtureModel::start(port).await?;
     if bench {
-        let think = |n: u32| {
-            Reply::action(
-                "THINK",
-                "",
-                json!({"memory_write": [format!("benchmark note number {n}")],
-                       "memory_query": ["which benchmark notes exist?"]}),
-            )
+        // Every memory text is new (a counter no two ticks share), so each THINK embeds two texts the
+        // embedder has never seen: the benchmark measures the model, not the embedding cache.
+        let think = |_: u32| {
+            Reply::Computed(Arc::new(|_| {
+                static TEXTS: AtomicU64 = AtomicU64::new(0);
+                let n = TEXTS.fetch_add(1, Ordering::Relaxed);
+                Reply::action(
+                    "THINK",
+                    "",
+                    json!({"memory_write": [format!("benchmark note number {n}")],
+                           "memory_query": [format!("which notes mention benchmark {n}?")]}),
+                )
+            }))
         };
         model.default_script(vec![
             think(1),
