@@ -4,7 +4,7 @@
 # pair, and the p50/p99 of the agents' own work per tick (prompt, answer parsing, memory; not the model's
 # time), read from the agents' debug lines.
 #   bench/fleet.sh [TASKS]      (default 40 tasks per configuration)
-#   PROFILE=debug bench/fleet.sh   use the debug build (candle is optimised in it too) instead of release
+#   PROFILE=debug bench/fleet.sh   use the debug build (the embedding model is optimised in it too) instead of release
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tasks=${1:-40}

@@ -1,10 +1,13 @@
 //! Embedding benchmark: what one memory write or query costs the agent, per call of
-//! `agent::embedding::Embedder` (all-MiniLM-L6-v2 on the CPU).
+//! `agent::embedding::Embedder` (all-MiniLM-L6-v2 on the CPU, one thread).
 //!
 //! Texts are made unique per call (a counter inside the sentence, same token count), so the model runs on
 //! each, except in the last row, which measures a text served from the embedder's cache.
 //!
-//!     RAYON_NUM_THREADS=1 cargo run --release -p bench --bin embedding
+//!     cargo run --release -p bench --bin embedding
+//!
+//! (The dev profile builds the model's crates optimised too, so `cargo run -p bench --bin embedding` gives
+//! nearly the same figures without a release build.)
 
 use agent::embedding::Embedder;
 use std::path::PathBuf;
@@ -45,9 +48,8 @@ fn main() -> anyhow::Result<()> {
     );
     let embedder = Embedder::load_blocking(&dir)?;
     println!(
-        "all-MiniLM-L6-v2 on {} cores, RAYON_NUM_THREADS={}, {} build; {CALLS} calls each",
+        "all-MiniLM-L6-v2 on one thread of {} cores, {} build; {CALLS} calls each",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into()),
         if cfg!(debug_assertions) {
             "debug"
         } else {
