@@ -240,6 +240,15 @@ impl LayerNorm {
             }
         }
     }
+
+    /// BERT's residual connection and normalisation: `x += residual`, then [`LayerNorm::forward`].
+    #[inline(always)]
+    pub(crate) fn add_and_forward(&self, residual: &[f32], x: &mut [f32]) {
+        for (v, r) in x.iter_mut().zip(residual) {
+            *v += r;
+        }
+        self.forward(x);
+    }
 }
 
 /// GELU as BERT defines it, `x/2 (1 + erf(x/sqrt 2))`, applied in place.

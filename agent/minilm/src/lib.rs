@@ -344,10 +344,7 @@ impl WithSimd for Forward<'_> {
             layer
                 .attention_out
                 .forward(simd, &context, &mut projected, &mut scratch);
-            for (p, r) in projected.iter_mut().zip(&x) {
-                *p += r;
-            }
-            layer.attention_norm.forward(&mut projected);
+            layer.attention_norm.add_and_forward(&x, &mut projected);
             std::mem::swap(&mut x, &mut projected);
 
             layer
@@ -357,26 +354,24 @@ impl WithSimd for Forward<'_> {
             layer
                 .output
                 .forward(simd, &intermediate, &mut projected, &mut scratch);
-            for (p, r) in projected.iter_mut().zip(&x) {
-                *p += r;
-            }
-            layer.output_norm.forward(&mut projected);
+            layer.output_norm.add_and_forward(&x, &mut projected);
             std::mem::swap(&mut x, &mut projected);
         }
 
-        // Mean over each sequence's tokens, then unit length.
+        // Mean over each sequence's tokens, then unit length: scaling the sum to unit length gives the same
+        // vector, so the division by the token count is left out.
         let mut first = 0;
         sequences
             .iter()
             .map(|ids| {
-                let mut mean = vec![0.0; h];
+                let mut sum = vec![0.0; h];
                 for row in x[first * h..(first + ids.len()) * h].chunks_exact(h) {
-                    axpy(simd, 1.0, row, &mut mean);
+                    axpy(simd, 1.0, row, &mut sum);
                 }
                 first += ids.len();
-                let norm = dot(simd, &mean, &mean).sqrt().max(1e-12);
-                mean.iter_mut().for_each(|v| *v /= norm);
-                mean
+                let norm = dot(simd, &sum, &sum).sqrt().max(1e-12);
+                sum.iter_mut().for_each(|v| *v /= norm);
+                sum
             })
             .collect()
     }
