@@ -1,18 +1,28 @@
 //! The numeric pieces of the forward pass, generic over the SIMD instruction set [`pulp`] picks at run time
-//! (AVX2 + FMA on the machines this runs on, SSE or scalar elsewhere). Every function is `#[inline(always)]`
-//! so it is compiled into the one dispatched function that runs the whole pass, with its instruction set.
+//! (AVX-512 or AVX2 + FMA on the x86-64 machines this runs on, scalar elsewhere). Every function is
+//! `#[inline(always)]` so it is compiled into the one dispatched function that runs the whole pass, with its
+//! instruction set.
 
 use pulp::Simd;
 
-/// A dense layer: `y = x W^T + b`, with `W` as PyTorch stores it (one row of `inputs` weights per output)
-/// but rounded to bfloat16 and packed two to a word, so the 42 MB of f32 encoder weights take 21 MB and fit
-/// in a server's L3 cache: with few tokens, reading the weights is most of the work. Word `k` of a row holds
-/// weight `k` in its low half and weight `k + inputs/2` in its high half, so unpacking a row is one shift
-/// (low halves) and one mask (high halves) per SIMD word, with no shuffles.
+/// A dense layer: `y = x W^T + b`, with `W` as PyTorch stores it (one row of `inputs` weights per output),
+/// rounded to bfloat16 and packed two to a 32-bit word, so the 42 MB of f32 encoder weights take 21 MB.
+///
+/// With the few tokens of a memory text, the product is a matrix-vector one whose cost is streaming the
+/// weights past the arithmetic, so they are stored in the order the kernel reads them: one sequential stream,
+/// which the kernel asks for [`PREFETCH_WORDS`] ahead of its loads.
+/// - Word `k` of a row holds weight `k` in its low half and weight `k + inputs/2` in its high half, so
+///   unpacking is one shift (low halves) and one mask (high halves) per SIMD word, with no shuffles.
+/// - Rows go in panels of [`PANEL_ROWS`]; a panel holds, for each run of [`CHUNK`] words, that run of each
+///   of its rows in turn (one 64-byte cache line per row). The outputs are padded with zero rows to whole
+///   panels. When `inputs / 2` is not a multiple of [`CHUNK`], the words past the last whole run are kept
+///   apart, row by row, in `rest`.
 #[derive(Debug)]
 pub(crate) struct Linear {
-    /// `outputs` rows of `inputs / 2` packed words.
+    /// The panels: `panels * chunks * PANEL_ROWS * CHUNK` words.
     packed: Vec<u32>,
+    /// Per padded row, its `inputs / 2 - chunks * CHUNK` words past the last whole run.
+    rest: Vec<u32>,
     /// One bias per output.
     bias: Vec<f32>,
     /// Width of an input row (even).
@@ -21,9 +31,67 @@ pub(crate) struct Linear {
     outputs: usize,
 }
 
-/// Bytes of input rows kept together while every weight row streams past them: small enough to stay in the
-/// L2 cache, so the weights (the large operand) are read from memory once per tile rather than once per row.
+/// Rows of a panel: the kernel multiplies this many weight rows with each block of input rows.
+const PANEL_ROWS: usize = 4;
+
+/// Input rows multiplied with a panel at once, at most: a block's accumulators (rows x input rows) and the
+/// input words it shares between rows must fit in the vector registers, of which AVX-512 has 32 (a 4 x 4
+/// block) and AVX2 16 (4 x 2).
+const MAX_BLOCK_TOKENS: usize = 4;
+
+/// Input rows multiplied with a panel at once with the instruction set `S`.
+#[inline(always)]
+fn block_tokens<S: Simd>() -> usize {
+    if std::mem::size_of::<S::f32s>() >= 64 {
+        MAX_BLOCK_TOKENS
+    } else {
+        2
+    }
+}
+
+/// Words in one run of a row within a panel: one 64-byte cache line, and a whole number of SIMD words for
+/// every width `pulp` picks (1, 4, 8 or 16 lanes).
+const CHUNK: usize = 16;
+
+/// Bytes of input rows kept together while every panel streams past them: small enough to stay in the L2
+/// cache, so the weights (the large operand) are read from memory once per tile rather than once per row.
 const TILE_BYTES: usize = 96 * 1024;
+
+/// How far ahead of the kernel, in words of the packed weights (16 KB), the next weights are asked for. The
+/// kernel consumes a 64-byte line every few cycles while a line from memory takes hundreds: with the
+/// hardware prefetcher alone (which stops at every 4 KB page) the arithmetic waited, at ~7 GB/s here; 8-16
+/// KB ahead measured best (4 and 32 KB were slower).
+const PREFETCH_WORDS: usize = 4096;
+
+/// Asks the CPU to start loading a cache line before the kernel needs it (x86's `prefetcht0`, which never
+/// faults, so it is safe); a no-op where it is not available.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Prefetch {
+    #[cfg(target_arch = "x86_64")]
+    sse: Option<pulp::core_arch::x86::Sse>,
+}
+
+impl Prefetch {
+    pub(crate) fn new() -> Self {
+        Self {
+            #[cfg(target_arch = "x86_64")]
+            sse: pulp::core_arch::x86::Sse::try_new(),
+        }
+    }
+
+    /// Starts loading the cache line that holds `word`.
+    #[inline(always)]
+    fn line(self, word: &u32) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(sse) = self.sse {
+            sse._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                std::ptr::from_ref(word).cast(),
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = word;
+    }
+}
 
 /// `value` rounded to the nearest bfloat16 (ties to even), as the top 16 bits of an f32.
 fn bf16_bits(value: f32) -> u32 {
@@ -44,91 +112,88 @@ impl Linear {
             return None;
         }
         let half = inputs / 2;
-        let packed = weight
-            .chunks_exact(inputs)
-            .flat_map(|row| {
-                (0..half).map(move |k| bf16_bits(row[k]) | (bf16_bits(row[k + half]) << 16))
-            })
+        let chunks = half / CHUNK;
+        let padded = outputs.next_multiple_of(PANEL_ROWS);
+        // Word `k` of row `j`; the padding rows are zero.
+        let word = |j: usize, k: usize| {
+            if j < outputs {
+                let row = &weight[j * inputs..(j + 1) * inputs];
+                bf16_bits(row[k]) | (bf16_bits(row[k + half]) << 16)
+            } else {
+                0
+            }
+        };
+        let mut packed = Vec::with_capacity(padded * chunks * CHUNK);
+        for panel in 0..padded / PANEL_ROWS {
+            for chunk in 0..chunks {
+                for r in 0..PANEL_ROWS {
+                    let j = panel * PANEL_ROWS + r;
+                    packed.extend((chunk * CHUNK..(chunk + 1) * CHUNK).map(|k| word(j, k)));
+                }
+            }
+        }
+        let rest = (0..padded)
+            .flat_map(|j| (chunks * CHUNK..half).map(move |k| (j, k)))
+            .map(|(j, k)| word(j, k))
             .collect();
         Some(Self {
             packed,
+            rest,
             bias,
             inputs,
             outputs,
         })
     }
 
-    /// The f32 weights of row `j`, written into `out` (`inputs` long).
-    #[inline(always)]
-    fn unpack_row<S: Simd>(&self, simd: S, j: usize, out: &mut [f32]) {
-        let half = self.inputs / 2;
-        let words = &self.packed[j * half..(j + 1) * half];
-        let (low, high) = out.split_at_mut(half);
-        let (words, word_tail) = S::as_simd_u32s(words);
-        let (low, low_tail) = S::as_mut_simd_f32s(low);
-        let (high, high_tail) = S::as_mut_simd_f32s(high);
-        let sixteen = simd.splat_u32s(16);
-        let top = simd.splat_u32s(0xFFFF_0000);
-        for ((&word, low), high) in words.iter().zip(low).zip(high) {
-            *low = simd.transmute_f32s_u32s(simd.wrapping_dyn_shl_u32s(word, sixteen));
-            *high = simd.transmute_f32s_u32s(simd.and_u32s(word, top));
-        }
-        for ((&word, low), high) in word_tail.iter().zip(low_tail).zip(high_tail) {
-            *low = f32::from_bits(word << 16);
-            *high = f32::from_bits(word & 0xFFFF_0000);
-        }
-    }
-
     /// `out[t] = x[t] W^T + b` for the `x.len() / inputs` rows of `x`.
     ///
-    /// Few-token inputs make this a matrix-vector product bound by reading the weights, so each pair of
-    /// weight rows is unpacked once per tile of input rows (into `scratch`, `2 * inputs` long, which stays in
-    /// L1) and multiplied with up to four input rows at once (eight independent accumulators, enough to keep
-    /// two FMA units busy).
+    /// Each panel is unpacked in registers, word by word, and multiplied with a block of input rows at once
+    /// (see [`block_tokens`]), so the loads of the packed weights overlap the arithmetic and nothing
+    /// unpacked goes back to memory. A panel (3-12 KB) stays in L1 while the blocks of a tile of input rows
+    /// pass it; a tile fits in L2.
     #[inline(always)]
-    pub(crate) fn forward<S: Simd>(
-        &self,
-        simd: S,
-        x: &[f32],
-        out: &mut [f32],
-        scratch: &mut [f32],
-    ) {
+    pub(crate) fn forward<S: Simd>(&self, simd: S, prefetch: Prefetch, x: &[f32], out: &mut [f32]) {
         let (inputs, outputs) = (self.inputs, self.outputs);
         let rows = x.len() / inputs;
         debug_assert_eq!(x.len(), rows * inputs);
         debug_assert_eq!(out.len(), rows * outputs);
-        let (w0, w1) = scratch[..2 * inputs].split_at_mut(inputs);
-        let tile = (TILE_BYTES / (inputs * 4)).max(4);
+        let half = inputs / 2;
+        let chunks = half / CHUNK;
+        let rest = half - chunks * CHUNK;
+        let panel_words = chunks * CHUNK * PANEL_ROWS;
+        let block_tokens = block_tokens::<S>();
+        let tile = (TILE_BYTES / (inputs * 4)).max(block_tokens) / block_tokens * block_tokens;
         let mut first = 0;
         while first < rows {
             let last = (first + tile).min(rows);
-            let mut j = 0;
-            while j + 2 <= outputs {
-                self.unpack_row(simd, j, w0);
-                self.unpack_row(simd, j + 1, w1);
+            for (p, bias) in self.bias.chunks(PANEL_ROWS).enumerate() {
+                let panel = Panel {
+                    words: &self.packed[p * panel_words..(p + 1) * panel_words],
+                    ahead: self
+                        .packed
+                        .get(p * panel_words + PREFETCH_WORDS..)
+                        .unwrap_or_default(),
+                    prefetch,
+                    rest: &self.rest[p * PANEL_ROWS * rest..(p + 1) * PANEL_ROWS * rest],
+                };
+                let j = p * PANEL_ROWS;
                 let mut t = first;
-                while t + 4 <= last {
-                    let xs = |r: usize| &x[r * inputs..(r + 1) * inputs];
-                    let d = dot_2x4(simd, w0, w1, [xs(t), xs(t + 1), xs(t + 2), xs(t + 3)]);
-                    for (r, [d0, d1]) in d.into_iter().enumerate() {
-                        out[(t + r) * outputs + j] = d0 + self.bias[j];
-                        out[(t + r) * outputs + j + 1] = d1 + self.bias[j + 1];
-                    }
-                    t += 4;
-                }
                 while t < last {
-                    let row = &x[t * inputs..(t + 1) * inputs];
-                    out[t * outputs + j] = dot(simd, w0, row) + self.bias[j];
-                    out[t * outputs + j + 1] = dot(simd, w1, row) + self.bias[j + 1];
-                    t += 1;
-                }
-                j += 2;
-            }
-            if j < outputs {
-                self.unpack_row(simd, j, w0);
-                for t in first..last {
-                    out[t * outputs + j] =
-                        dot(simd, w0, &x[t * inputs..(t + 1) * inputs]) + self.bias[j];
+                    let n = (last - t).min(block_tokens);
+                    let x = |i: usize| &x[(t + i) * inputs..][..inputs];
+                    let sums = match n {
+                        1 => widen(panel.times::<S, 1>(simd, [x(0)])),
+                        2 => widen(panel.times::<S, 2>(simd, [x(0), x(1)])),
+                        3 => widen(panel.times::<S, 3>(simd, [x(0), x(1), x(2)])),
+                        _ => panel.times::<S, MAX_BLOCK_TOKENS>(simd, [x(0), x(1), x(2), x(3)]),
+                    };
+                    for (i, sums) in sums.iter().enumerate().take(n) {
+                        let out = &mut out[(t + i) * outputs + j..][..bias.len()];
+                        for ((out, sum), bias) in out.iter_mut().zip(sums).zip(bias) {
+                            *out = sum + bias;
+                        }
+                    }
+                    t += n;
                 }
             }
             first = last;
@@ -136,49 +201,83 @@ impl Linear {
     }
 }
 
-/// The dot products of two weight rows with four input rows, all of one length: `[[w0.x0, w1.x0], ...]`.
+/// `m` widened to [`MAX_BLOCK_TOKENS`] rows (the missing ones zero).
 #[inline(always)]
-fn dot_2x4<S: Simd>(simd: S, w0: &[f32], w1: &[f32], x: [&[f32]; 4]) -> [[f32; 2]; 4] {
-    let (w0v, w0t) = S::as_simd_f32s(w0);
-    let (w1v, w1t) = S::as_simd_f32s(w1);
-    let (x0v, x0t) = S::as_simd_f32s(x[0]);
-    let (x1v, x1t) = S::as_simd_f32s(x[1]);
-    let (x2v, x2t) = S::as_simd_f32s(x[2]);
-    let (x3v, x3t) = S::as_simd_f32s(x[3]);
-    let zero = simd.splat_f32s(0.0);
-    let (mut a00, mut a01, mut a10, mut a11) = (zero, zero, zero, zero);
-    let (mut a20, mut a21, mut a30, mut a31) = (zero, zero, zero, zero);
-    for (((((&a, &b), &p0), &p1), &p2), &p3) in
-        w0v.iter().zip(w1v).zip(x0v).zip(x1v).zip(x2v).zip(x3v)
-    {
-        a00 = simd.mul_add_f32s(a, p0, a00);
-        a01 = simd.mul_add_f32s(b, p0, a01);
-        a10 = simd.mul_add_f32s(a, p1, a10);
-        a11 = simd.mul_add_f32s(b, p1, a11);
-        a20 = simd.mul_add_f32s(a, p2, a20);
-        a21 = simd.mul_add_f32s(b, p2, a21);
-        a30 = simd.mul_add_f32s(a, p3, a30);
-        a31 = simd.mul_add_f32s(b, p3, a31);
+fn widen<const T: usize>(m: [[f32; PANEL_ROWS]; T]) -> [[f32; PANEL_ROWS]; MAX_BLOCK_TOKENS] {
+    let mut wide = [[0.0; PANEL_ROWS]; MAX_BLOCK_TOKENS];
+    wide[..T].copy_from_slice(&m);
+    wide
+}
+
+/// One panel of a [`Linear`]: [`PANEL_ROWS`] weight rows.
+struct Panel<'a> {
+    /// The rows' runs of [`CHUNK`] words, interleaved.
+    words: &'a [u32],
+    /// The rows' words past their last whole run, row by row.
+    rest: &'a [u32],
+    /// The packed weights from [`PREFETCH_WORDS`] past the panel's start on (to prefetch).
+    ahead: &'a [u32],
+    prefetch: Prefetch,
+}
+
+impl Panel<'_> {
+    /// The dot products of the panel's rows with `T` input rows: `[t][r] = x_t . w_r`.
+    #[inline(always)]
+    fn times<S: Simd, const T: usize>(&self, simd: S, x: [&[f32]; T]) -> [[f32; PANEL_ROWS]; T] {
+        let half = x[0].len() / 2;
+        let whole = half - self.rest.len() / PANEL_ROWS;
+        // SIMD words per run of one row (1 with 16 lanes, 2 with 8, ...).
+        let per_run = CHUNK / (std::mem::size_of::<S::u32s>() / 4);
+        let words = S::as_simd_u32s(self.words).0;
+        let low: [&[S::f32s]; T] = std::array::from_fn(|t| S::as_simd_f32s(&x[t][..whole]).0);
+        let high: [&[S::f32s]; T] =
+            std::array::from_fn(|t| S::as_simd_f32s(&x[t][half..half + whole]).0);
+        let sixteen = simd.splat_u32s(16);
+        let top = simd.splat_u32s(0xFFFF_0000);
+        let zero = simd.splat_f32s(0.0);
+        let mut acc = [[zero; PANEL_ROWS]; T];
+        for (c, run) in words.chunks_exact(PANEL_ROWS * per_run).enumerate() {
+            for r in 0..PANEL_ROWS {
+                if let Some(word) = self.ahead.get((c * PANEL_ROWS + r) * CHUNK) {
+                    self.prefetch.line(word);
+                }
+            }
+            for v in 0..per_run {
+                let k = c * per_run + v;
+                let mut xl = [zero; T];
+                let mut xh = [zero; T];
+                for t in 0..T {
+                    xl[t] = low[t][k];
+                    xh[t] = high[t][k];
+                }
+                for r in 0..PANEL_ROWS {
+                    let word = run[r * per_run + v];
+                    let wl = simd.transmute_f32s_u32s(simd.wrapping_dyn_shl_u32s(word, sixteen));
+                    let wh = simd.transmute_f32s_u32s(simd.and_u32s(word, top));
+                    for t in 0..T {
+                        acc[t][r] = simd.mul_add_f32s(wl, xl[t], acc[t][r]);
+                        acc[t][r] = simd.mul_add_f32s(wh, xh[t], acc[t][r]);
+                    }
+                }
+            }
+        }
+        let rest = self.rest.len() / PANEL_ROWS;
+        let mut sums = [[0.0; PANEL_ROWS]; T];
+        for t in 0..T {
+            for r in 0..PANEL_ROWS {
+                let tail: f32 = self.rest[r * rest..(r + 1) * rest]
+                    .iter()
+                    .zip(&x[t][whole..half])
+                    .zip(&x[t][half + whole..])
+                    .map(|((&word, &a), &b)| {
+                        f32::from_bits(word << 16) * a + f32::from_bits(word & 0xFFFF_0000) * b
+                    })
+                    .sum();
+                sums[t][r] = simd.reduce_sum_f32s(acc[t][r]) + tail;
+            }
+        }
+        sums
     }
-    let tail = |w: &[f32], x: &[f32]| -> f32 { w.iter().zip(x).map(|(a, b)| a * b).sum() };
-    [
-        [
-            simd.reduce_sum_f32s(a00) + tail(w0t, x0t),
-            simd.reduce_sum_f32s(a01) + tail(w1t, x0t),
-        ],
-        [
-            simd.reduce_sum_f32s(a10) + tail(w0t, x1t),
-            simd.reduce_sum_f32s(a11) + tail(w1t, x1t),
-        ],
-        [
-            simd.reduce_sum_f32s(a20) + tail(w0t, x2t),
-            simd.reduce_sum_f32s(a21) + tail(w1t, x2t),
-        ],
-        [
-            simd.reduce_sum_f32s(a30) + tail(w0t, x3t),
-            simd.reduce_sum_f32s(a31) + tail(w1t, x3t),
-        ],
-    ]
 }
 
 /// The dot product of two slices of one length.
@@ -330,21 +429,23 @@ mod tests {
         type Output = ();
         #[inline(always)]
         fn with_simd<S: Simd>(self, simd: S) {
-            let mut scratch = vec![0.0; 2 * self.0.inputs];
-            self.0.forward(simd, self.1, self.2, &mut scratch);
+            self.0.forward(simd, Prefetch::new(), self.1, self.2);
         }
     }
 
     #[test]
     fn a_dense_layer_matches_the_textbook_product_for_every_shape_of_tile_and_tail() {
-        // Half-widths that are not a multiple of the SIMD width exercise the tails, odd outputs the single
-        // last row, 1..=9 rows every mix of the four-row block and single rows, and 300 rows of 384 more than
-        // one tile.
+        // Half-widths that are not a multiple of the 16-word run exercise the words kept apart (13 and 7
+        // alone, 21 and 40 after whole runs), outputs that are not a multiple of four the zero padding rows,
+        // 1..=9 input rows every size of the last block, and 300 rows of 384 more than one tile.
         for (inputs, outputs, rows) in [
             (384, 384, 1),
             (384, 1536, 7),
+            (1536, 384, 6),
             (26, 5, 9),
             (14, 3, 4),
+            (42, 7, 5),
+            (80, 9, 2),
             (384, 6, 300),
         ] {
             let weight = values(inputs * outputs, 1);
@@ -352,19 +453,31 @@ mod tests {
             let layer = Linear::new(&weight, bias.clone(), inputs, outputs).unwrap();
             let x = values(rows * inputs, 3);
             let expected = naive_linear(&weight, &bias, inputs, &x);
-            let mut scalar = vec![f32::NAN; rows * outputs];
-            Run(&layer, &x, &mut scalar).with_simd(pulp::Scalar::new());
-            let mut dispatched = vec![f32::NAN; rows * outputs];
-            pulp::Arch::new().dispatch(Run(&layer, &x, &mut dispatched));
-            for (got, want) in scalar
-                .iter()
-                .zip(&expected)
-                .chain(dispatched.iter().zip(&expected))
-            {
-                assert!(
-                    (got - want).abs() < 1e-3,
-                    "{inputs}x{outputs}x{rows}: {got} != {want}"
-                );
+            // Every instruction set this machine has: scalar, and on x86-64 AVX2 (8 lanes) and AVX-512 (16
+            // lanes) when present, then whatever `Arch` picks.
+            let mut results = Vec::new();
+            let mut run = |name: &str, with: &dyn Fn(Run<'_>)| {
+                let mut out = vec![f32::NAN; rows * outputs];
+                with(Run(&layer, &x, &mut out));
+                results.push((name.to_owned(), out));
+            };
+            run("scalar", &|op| op.with_simd(pulp::Scalar::new()));
+            #[cfg(target_arch = "x86_64")]
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                run("avx2", &|op| v3.vectorize(|| op.with_simd(v3)));
+            }
+            #[cfg(target_arch = "x86_64")]
+            if let Some(v4) = pulp::x86::V4::try_new() {
+                run("avx512", &|op| v4.vectorize(|| op.with_simd(v4)));
+            }
+            run("dispatched", &|op| pulp::Arch::new().dispatch(op));
+            for (name, out) in &results {
+                for (got, want) in out.iter().zip(&expected) {
+                    assert!(
+                        (got - want).abs() < 1e-3,
+                        "{name} {inputs}x{outputs}x{rows}: {got} != {want}"
+                    );
+                }
             }
         }
     }

@@ -1,11 +1,12 @@
 //! The forward pass of all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT) on the CPU, for sentence embeddings.
 //!
 //! An agent embeds a few short texts per tick (what it writes to memory and what it asks of it), so the
-//! inputs are a handful of tokens and the cost is reading the 42 MB of encoder weights once per call. General
-//! tensor libraries pad a batch to its longest text and pack the weights for large products on every call;
-//! this crate does neither: every text keeps its own length (attention runs per text, the dense layers over
-//! all tokens at once), and each weight row is read once per tile of tokens, with AVX2 + FMA kernels chosen
-//! at run time by [`pulp`] (safe code; scalar fallbacks elsewhere).
+//! inputs are a handful of tokens and the dense layers are matrix-vector products that stream the encoder's
+//! weights (21 MB in bfloat16) past a little arithmetic. General tensor libraries pad a batch to its longest
+//! text and pack the weights for large products on every call; this crate does neither: every text keeps its
+//! own length (attention runs per text, the dense layers over all tokens at once), and the weights are
+//! stored once, at load, in the order the kernel reads them, prefetched ahead of it, with AVX-512 or
+//! AVX2 + FMA kernels chosen at run time by [`pulp`] (safe code; scalar fallbacks elsewhere).
 //!
 //! [`Model::embed`] takes token ids (tokenise with the model's `tokenizer.json`) and returns the mean of the
 //! last layer's token states, L2-normalised, as sentence-transformers does for this model.
@@ -14,7 +15,7 @@ mod kernels;
 
 use std::path::Path;
 
-use kernels::{LayerNorm, Linear, axpy, dot, gelu, softmax};
+use kernels::{LayerNorm, Linear, Prefetch, axpy, dot, gelu, softmax};
 use pulp::{Arch, Simd, WithSimd};
 use safetensors::{Dtype, SafeTensors};
 
@@ -313,6 +314,7 @@ impl WithSimd for Forward<'_> {
         let config = &model.config;
         let h = config.hidden_size;
         let tokens: usize = sequences.iter().map(|s| s.len()).sum();
+        let prefetch = Prefetch::new();
 
         // Token states of every sequence, one after the other: dense layers see all tokens at once.
         let mut x = Vec::with_capacity(tokens * h);
@@ -336,24 +338,22 @@ impl WithSimd for Forward<'_> {
         let mut intermediate = vec![0.0; tokens * config.intermediate_size];
         let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
         let mut scores = vec![0.0; longest];
-        let widest = config.hidden_size.max(config.intermediate_size);
-        let mut scratch = vec![0.0; 2 * widest];
         for layer in &model.layers {
-            layer.qkv.forward(simd, &x, &mut qkv, &mut scratch);
+            layer.qkv.forward(simd, prefetch, &x, &mut qkv);
             attention(simd, config, sequences, &qkv, &mut scores, &mut context);
             layer
                 .attention_out
-                .forward(simd, &context, &mut projected, &mut scratch);
+                .forward(simd, prefetch, &context, &mut projected);
             layer.attention_norm.add_and_forward(&x, &mut projected);
             std::mem::swap(&mut x, &mut projected);
 
             layer
                 .intermediate
-                .forward(simd, &x, &mut intermediate, &mut scratch);
+                .forward(simd, prefetch, &x, &mut intermediate);
             gelu(&mut intermediate);
             layer
                 .output
-                .forward(simd, &intermediate, &mut projected, &mut scratch);
+                .forward(simd, prefetch, &intermediate, &mut projected);
             layer.output_norm.add_and_forward(&x, &mut projected);
             std::mem::swap(&mut x, &mut projected);
         }
