@@ -17,22 +17,10 @@ venv="$repo_root/.venv"
 port="${MOTO_PORT:-5055}"
 endpoint="http://127.0.0.1:${port}"
 
-case "${1:-}" in
-    "") print_env="" ;;
-    --print-env) print_env=1 ;;
-    *)
-        echo "usage: $0 [--print-env]" >&2
-        exit 2
-        ;;
-esac
-
-report() {
-    if [[ -n "$print_env" ]]; then
-        echo "export AWS_ENDPOINT_URL=$endpoint"
-    else
-        echo "$endpoint"
-    fi
-}
+# shellcheck source=lib/endpoint.sh
+source "$repo_root/scripts/lib/endpoint.sh"
+parse_print_env "$@"
+report() { report_endpoint AWS_ENDPOINT_URL "$endpoint"; }
 log_dir="$venv"
 log_file="$log_dir/moto-server.log"
 
@@ -67,18 +55,6 @@ echo "ensure-moto: starting moto_server on $endpoint (log: $log_file)" >&2
 nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log_file" 2>&1 </dev/null &
 moto_pid=$!
 
-deadline=$((SECONDS + 30))
-until answers; do
-    if ! kill -0 "$moto_pid" 2>/dev/null; then
-        echo "ensure-moto: moto_server exited; last lines of $log_file:" >&2
-        tail -n 20 "$log_file" >&2 || true
-        exit 1
-    fi
-    if ((SECONDS >= deadline)); then
-        echo "ensure-moto: moto_server did not answer on $endpoint within 30 s" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
+wait_until_answers "ensure-moto: moto_server" "$moto_pid" "$log_file" "$endpoint"
 
 report

@@ -24,22 +24,10 @@ port="${QDRANT_EMULATOR_PORT:-16334}"
 endpoint="http://127.0.0.1:${port}"
 server="$repo_root/scripts/qdrant-emulator/server.py"
 
-case "${1:-}" in
-    "") print_env="" ;;
-    --print-env) print_env=1 ;;
-    *)
-        echo "usage: $0 [--print-env]" >&2
-        exit 2
-        ;;
-esac
-
-report() {
-    if [[ -n "$print_env" ]]; then
-        echo "export QDRANT_EMULATOR_URL=$endpoint"
-    else
-        echo "$endpoint"
-    fi
-}
+# shellcheck source=lib/endpoint.sh
+source "$repo_root/scripts/lib/endpoint.sh"
+parse_print_env "$@"
+report() { report_endpoint QDRANT_EMULATOR_URL "$endpoint"; }
 log_dir="$venv"
 log_file="$log_dir/qdrant-emulator.log"
 
@@ -78,18 +66,6 @@ QDRANT_EMULATOR_API_KEY="" nohup "$venv/bin/python" "$server" --host 127.0.0.1 -
     >"$log_file" 2>&1 </dev/null &
 emulator_pid=$!
 
-deadline=$((SECONDS + 30))
-until answers; do
-    if ! kill -0 "$emulator_pid" 2>/dev/null; then
-        echo "ensure-qdrant-emulator: the emulator exited; last lines of $log_file:" >&2
-        tail -n 20 "$log_file" >&2 || true
-        exit 1
-    fi
-    if ((SECONDS >= deadline)); then
-        echo "ensure-qdrant-emulator: the emulator did not answer on $endpoint within 30 s" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
+wait_until_answers "ensure-qdrant-emulator: the emulator" "$emulator_pid" "$log_file" "$endpoint"
 
 report
