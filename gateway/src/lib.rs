@@ -2,6 +2,7 @@
 //! Redis and publishes it to RabbitMQ with publisher confirms (SPEC section 2).
 
 pub mod auth;
+pub mod enqueue;
 pub mod error;
 pub mod extract;
 pub mod jwks;

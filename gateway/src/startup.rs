@@ -1,6 +1,7 @@
 //! Building the gateway: connect to Redis and RabbitMQ, assemble the router, serve until shutdown.
 
 use crate::auth::Authenticator;
+use crate::enqueue::Enqueuer;
 use crate::error::ApiError;
 use crate::publisher::{ConnectError, Publisher};
 use crate::routes;
@@ -59,6 +60,7 @@ pub struct Application {
     router: Router,
     port: u16,
     shutdown: CancellationToken,
+    enqueuer: Enqueuer,
 }
 
 impl Application {
@@ -95,17 +97,20 @@ impl Application {
             .local_addr()
             .map_err(|source| StartupError::Bind { address, source })?
             .port();
+        let enqueuer = Enqueuer::new(publisher.clone(), store.clone());
         let state = AppState::new(Inner {
             auth: Authenticator::new(&settings.auth),
             settings,
             store,
             publisher,
+            enqueuer: enqueuer.clone(),
         });
         Ok(Self {
             listener,
             router: router(state),
             port,
             shutdown,
+            enqueuer,
         })
     }
 
@@ -114,8 +119,8 @@ impl Application {
         self.port
     }
 
-    /// Serves until `signal` completes, then lets in-flight requests finish (bounded) and closes the
-    /// broker connection.
+    /// Serves until `signal` completes, then lets in-flight requests finish (bounded), waits for the
+    /// publishes and the "failed" writes still running (bounded) and closes the broker connection.
     ///
     /// # Errors
     /// The server's I/O error.
@@ -141,6 +146,7 @@ impl Application {
                 Ok(())
             }
         };
+        self.enqueuer.finish(DRAIN_TIMEOUT).await;
         shutdown.cancel();
         tracing::info!("gateway stopped");
         result

@@ -1,6 +1,7 @@
 //! What every handler shares.
 
 use crate::auth::Authenticator;
+use crate::enqueue::Enqueuer;
 use crate::publisher::Publisher;
 use crate::settings::Settings;
 use crate::store::TaskStore;
@@ -23,6 +24,8 @@ pub struct Inner {
     pub store: TaskStore,
     /// The confirmed publisher.
     pub publisher: Publisher,
+    /// Publishes recorded tasks, detached from their requests, and fails those it cannot publish.
+    pub enqueuer: Enqueuer,
 }
 
 impl AppState {

@@ -12,7 +12,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::ShownStatus;
 use shared::task::{TaskMessage, TaskRecord, TaskResult};
-use std::time::Duration;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -114,10 +113,6 @@ pub fn validate(
     })
 }
 
-/// How often, and how far apart, the gateway retries marking an unqueued task failed.
-const FAIL_WRITE_ATTEMPTS: u32 = 3;
-const FAIL_WRITE_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Create a task: charge the quota, record it, queue it.
 #[utoipa::path(
     post,
@@ -176,13 +171,17 @@ pub async fn create_task(
         owner: user.sub,
         created_at: record.created_at,
     };
-    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
-    if let Err(error) = state.publisher.publish(&message, request_id).await {
-        let reason = format!("the task could not be queued: {error}");
-        mark_unqueued(&state, id, &reason).await;
-        return Err(ApiError::Unavailable(reason));
-    }
-    tracing::info!(max_ticks = message.max_ticks, "task queued");
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let max_ticks = message.max_ticks;
+    state
+        .enqueuer
+        .enqueue(message, request_id)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    tracing::info!(max_ticks, "task queued");
 
     let response = TaskResponse::from_record(id, record);
     Ok((
@@ -190,30 +189,6 @@ pub async fn create_task(
         [(header::LOCATION, format!("/tasks/{id}"))],
         Json(response),
     ))
-}
-
-/// Marks a task whose message was not queued as failed, refunding its ticks, retrying briefly: a
-/// `pending` record with no message would otherwise wait forever.
-async fn mark_unqueued(state: &AppState, id: Uuid, reason: &str) {
-    for attempt in 1..=FAIL_WRITE_ATTEMPTS {
-        match state.store.fail_unqueued(id, reason).await {
-            Ok(outcome) => {
-                tracing::warn!(
-                    ?outcome,
-                    reason,
-                    "task marked failed after a publish failure"
-                );
-                return;
-            }
-            Err(error) if attempt < FAIL_WRITE_ATTEMPTS => {
-                tracing::warn!(%error, attempt, "could not mark the unqueued task failed; retrying");
-                tokio::time::sleep(FAIL_WRITE_BACKOFF * attempt).await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "could not mark the unqueued task failed; it stays pending");
-            }
-        }
-    }
 }
 
 /// Read a task the caller owns.

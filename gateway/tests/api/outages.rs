@@ -5,15 +5,19 @@ use crate::helpers::{TestApp, eventually, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// A loopback TCP proxy to `target` that can be cut (closing every connection) and restored on the
-/// same port.
+/// same port, or stalled (connections stay open, but no byte goes through until it is resumed).
 struct Proxy {
     address: SocketAddr,
     target: SocketAddr,
     running: CancellationToken,
+    stalled: watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -24,27 +28,31 @@ impl Proxy {
             address,
             target: target.parse().unwrap(),
             running: CancellationToken::new(),
+            stalled: watch::channel(false).0,
         };
         proxy.serve(listener);
         proxy
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (target, running) = (self.target, self.running.clone());
+        let (target, running, stalled) = (self.target, self.running.clone(), self.stalled.clone());
         tokio::spawn(async move {
             loop {
-                let (mut inbound, _) = tokio::select! {
+                let (inbound, _) = tokio::select! {
                     () = running.cancelled() => return,
                     accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => return },
                 };
-                let running = running.clone();
+                let (running, stalled) = (running.clone(), stalled.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
+                    let (from_client, to_client) = inbound.into_split();
+                    let (from_server, to_server) = outbound.into_split();
                     tokio::select! {
                         () = running.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = pipe(from_client, to_server, stalled.subscribe()) => {}
+                        () = pipe(from_server, to_client, stalled.subscribe()) => {}
                     }
                 });
             }
@@ -59,6 +67,27 @@ impl Proxy {
         self.running = CancellationToken::new();
         let listener = TcpListener::bind(self.address).await.unwrap();
         self.serve(listener);
+    }
+
+    fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+}
+
+/// Copies bytes from `from` to `to`, holding them while `stalled` says so.
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut stalled: watch::Receiver<bool>) {
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if stalled.wait_for(|stalled| !stalled).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -180,4 +209,117 @@ async fn while_redis_is_unreachable_the_gateway_answers_fast_and_recovers_when_i
     })
     .await;
     assert!(recovered.is_some(), "the gateway reconnects by itself");
+}
+
+/// The id of the one task this test's gateway recorded, once it is recorded.
+async fn the_task(app: &TestApp) -> String {
+    eventually(Duration::from_secs(5), || async {
+        let keys = app.redis_keys().await;
+        let task = keys.iter().find(|k| k.contains(":task:"))?;
+        Some(task.rsplit(':').next().unwrap().to_owned())
+    })
+    .await
+    .expect("the task is recorded")
+}
+
+#[tokio::test]
+async fn a_client_that_gives_up_while_its_task_is_being_queued_still_gets_it_failed_and_refunded() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let url = format!("amqp://guest:guest@{}/%2f", proxy.address);
+    let app = spawn_app_with(&[
+        ("RABBITMQ_URL", &url),
+        ("PUBLISH_CONFIRM_TIMEOUT_MS", "1000"),
+    ])
+    .await;
+    proxy.stall();
+
+    // The broker never confirms; the client gives up long before the gateway's confirm timeout.
+    let gave_up = app
+        .client
+        .post(format!("{}/tasks", app.address))
+        .bearer_auth(app.token("alice"))
+        .json(&json!({"mandate": "m", "max_ticks": 5}))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up: {gave_up:?}");
+    let id = the_task(&app).await;
+    assert_eq!(app.quota_used("alice").await, 5, "charged while queueing");
+
+    let stored = eventually(Duration::from_secs(5), || async {
+        let stored = app.stored(&id).await;
+        (stored["status"] == "failed").then_some(stored)
+    })
+    .await
+    .expect("the task ends failed though nobody waits for the answer");
+    assert!(
+        stored["error"].contains("could not be queued"),
+        "{}",
+        stored["error"]
+    );
+    assert_eq!(stored["refunded"], "1");
+    assert_eq!(app.quota_used("alice").await, 0);
+}
+
+#[tokio::test]
+async fn a_task_that_cannot_be_queued_while_redis_is_away_too_ends_failed_once_redis_returns() {
+    let broker = Proxy::start("127.0.0.1:5672").await;
+    let mut redis = Proxy::start("127.0.0.1:6379").await;
+    let app = spawn_app_with(&[
+        (
+            "RABBITMQ_URL",
+            &format!("amqp://guest:guest@{}/%2f", broker.address),
+        ),
+        ("REDIS_URL", &format!("redis://{}/0", redis.address)),
+        ("PUBLISH_CONFIRM_TIMEOUT_MS", "1500"),
+    ])
+    .await;
+    broker.stall();
+
+    // Charged and recorded; then Redis goes away while the publish waits for a confirm that never comes.
+    let post = tokio::spawn({
+        let (client, url, token) = (
+            app.client.clone(),
+            format!("{}/tasks", app.address),
+            app.token("alice"),
+        );
+        async move {
+            let response = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"mandate": "m", "max_ticks": 5}))
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    });
+    let id = the_task(&app).await;
+    redis.cut();
+    let (status, body) = post.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        app.stored(&id).await["status"],
+        "pending",
+        "Redis was away: nothing could be written"
+    );
+    assert_eq!(app.quota_used("alice").await, 5);
+
+    redis.restore().await;
+    let stored = eventually(Duration::from_secs(10), || async {
+        let stored = app.stored(&id).await;
+        (stored["status"] == "failed").then_some(stored)
+    })
+    .await
+    .expect("the task ends failed once Redis is back");
+    assert!(
+        stored["error"].contains("could not be queued"),
+        "{}",
+        stored["error"]
+    );
+    assert_eq!(stored["refunded"], "1");
+    assert_eq!(app.quota_used("alice").await, 0, "refunded exactly once");
 }

@@ -1,0 +1,150 @@
+//! Queueing a task once it is charged and recorded, detached from the request that created it.
+//!
+//! A `pending` record must end up either with its message on the queue or `failed` with its ticks refunded:
+//! a `pending` record with no message would wait forever and keep the user's ticks. Two things could leave
+//! one behind, and this module closes both:
+//! - The client going away: axum drops a handler whose client disconnects, which could stop it between the
+//!   record and the publish. The publish, and the "failed" write when it does not succeed, run in a task of
+//!   their own, which the handler only awaits.
+//! - Redis going away too: when the "failed" write fails as well, it is retried in the background with
+//!   backoff until it lands. At shutdown the gateway waits for those (bounded) and names, at ERROR, every
+//!   task it still has to leave `pending`.
+
+use crate::publisher::Publisher;
+use crate::store::TaskStore;
+use shared::task::TaskMessage;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// Tries at writing "failed" before the client gets its answer, and the pause after the first.
+const QUICK_ATTEMPTS: u32 = 3;
+const QUICK_BACKOFF: Duration = Duration::from_millis(100);
+/// Pauses between the background retries: doubling from the first to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Publishes recorded tasks, and fails with a refund those it cannot publish. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Enqueuer {
+    publisher: Publisher,
+    store: TaskStore,
+    /// Every publish in flight and every background retry.
+    tracker: TaskTracker,
+    /// Cancelled when the gateway stops waiting for background retries.
+    abandon: CancellationToken,
+}
+
+impl Enqueuer {
+    /// An enqueuer publishing through `publisher` and writing failures to `store`.
+    pub fn new(publisher: Publisher, store: TaskStore) -> Self {
+        Self {
+            publisher,
+            store,
+            tracker: TaskTracker::new(),
+            abandon: CancellationToken::new(),
+        }
+    }
+
+    /// Publishes `message` and waits for the broker's confirm. The work goes on if the caller's future is
+    /// dropped.
+    ///
+    /// # Errors
+    /// Why the task could not be queued; it has then been marked `failed` with its ticks refunded, or will
+    /// be as soon as Redis answers.
+    pub async fn enqueue(
+        &self,
+        message: TaskMessage,
+        request_id: Option<String>,
+    ) -> Result<(), String> {
+        let this = self.clone();
+        let work = async move { this.publish_or_fail(&message, request_id.as_deref()).await };
+        self.tracker
+            .spawn(work.in_current_span())
+            .await
+            .unwrap_or_else(|error| Err(format!("queueing the task failed: {error}")))
+    }
+
+    async fn publish_or_fail(
+        &self,
+        message: &TaskMessage,
+        request_id: Option<&str>,
+    ) -> Result<(), String> {
+        let Err(error) = self.publisher.publish(message, request_id).await else {
+            return Ok(());
+        };
+        let reason = format!("the task could not be queued: {error}");
+        self.fail(message.correlation_id, &reason).await;
+        Err(reason)
+    }
+
+    /// Marks the task `id` failed with `reason` and refunds it, trying a few times at once and then, if
+    /// Redis still does not answer, in the background.
+    async fn fail(&self, id: Uuid, reason: &str) {
+        for attempt in 1..=QUICK_ATTEMPTS {
+            match self.store.fail_unqueued(id, reason).await {
+                Ok(outcome) => {
+                    tracing::warn!(?outcome, reason, "task marked failed: it was not queued");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, attempt, "could not mark the unqueued task failed");
+                    if attempt < QUICK_ATTEMPTS {
+                        tokio::time::sleep(QUICK_BACKOFF * attempt).await;
+                    }
+                }
+            }
+        }
+        let this = self.clone();
+        let reason = reason.to_owned();
+        let retry = async move { this.keep_failing(id, &reason).await };
+        self.tracker.spawn(retry.in_current_span());
+    }
+
+    async fn keep_failing(&self, id: Uuid, reason: &str) {
+        let mut pause = RETRY_FIRST;
+        loop {
+            tokio::select! {
+                () = self.abandon.cancelled() => {
+                    tracing::error!(
+                        task_id = %id,
+                        reason,
+                        "the gateway stopped before Redis answered: this task stays pending with no \
+                         message; mark it failed and refund its ticks"
+                    );
+                    return;
+                }
+                () = tokio::time::sleep(pause) => {}
+            }
+            match self.store.fail_unqueued(id, reason).await {
+                Ok(outcome) => {
+                    tracing::warn!(
+                        ?outcome,
+                        reason,
+                        "task marked failed once Redis answered again"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "still cannot mark the unqueued task failed");
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// At shutdown: waits up to `grace` for publishes in flight and background retries, then gives up on
+    /// the retries (each logs its task at ERROR). Returns once every one of them has ended.
+    pub async fn finish(&self, grace: Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            self.abandon.cancel();
+            self.tracker.wait().await;
+        }
+    }
+}
