@@ -222,6 +222,23 @@ async fn the_task(app: &TestApp) -> String {
     .expect("the task is recorded")
 }
 
+/// Waits until `alice`'s task `id` is `failed` because it could not be queued, refunded once.
+async fn ends_failed_and_refunded(app: &TestApp, id: &str, within: Duration) {
+    let stored = eventually(within, || async {
+        let stored = app.stored(id).await;
+        (stored["status"] == "failed").then_some(stored)
+    })
+    .await
+    .expect("the task ends failed");
+    assert!(
+        stored["error"].contains("could not be queued"),
+        "{}",
+        stored["error"]
+    );
+    assert_eq!(stored["refunded"], "1");
+    assert_eq!(app.quota_used("alice").await, 0, "refunded exactly once");
+}
+
 #[tokio::test]
 async fn a_client_that_gives_up_while_its_task_is_being_queued_still_gets_it_failed_and_refunded() {
     let proxy = Proxy::start("127.0.0.1:5672").await;
@@ -246,19 +263,7 @@ async fn a_client_that_gives_up_while_its_task_is_being_queued_still_gets_it_fai
     let id = the_task(&app).await;
     assert_eq!(app.quota_used("alice").await, 5, "charged while queueing");
 
-    let stored = eventually(Duration::from_secs(5), || async {
-        let stored = app.stored(&id).await;
-        (stored["status"] == "failed").then_some(stored)
-    })
-    .await
-    .expect("the task ends failed though nobody waits for the answer");
-    assert!(
-        stored["error"].contains("could not be queued"),
-        "{}",
-        stored["error"]
-    );
-    assert_eq!(stored["refunded"], "1");
-    assert_eq!(app.quota_used("alice").await, 0);
+    ends_failed_and_refunded(&app, &id, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -309,17 +314,5 @@ async fn a_task_that_cannot_be_queued_while_redis_is_away_too_ends_failed_once_r
     assert_eq!(app.quota_used("alice").await, 5);
 
     redis.restore().await;
-    let stored = eventually(Duration::from_secs(10), || async {
-        let stored = app.stored(&id).await;
-        (stored["status"] == "failed").then_some(stored)
-    })
-    .await
-    .expect("the task ends failed once Redis is back");
-    assert!(
-        stored["error"].contains("could not be queued"),
-        "{}",
-        stored["error"]
-    );
-    assert_eq!(stored["refunded"], "1");
-    assert_eq!(app.quota_used("alice").await, 0, "refunded exactly once");
+    ends_failed_and_refunded(&app, &id, Duration::from_secs(10)).await;
 }
