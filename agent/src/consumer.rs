@@ -6,7 +6,6 @@
 //! [`Worker::try_execute_task`]), while one that reaches another worker after the task ended is acked
 //! without running because the task is terminal.
 
-use crate::backoff::Backoff;
 use crate::executor::TaskExecutor;
 use crate::health::BrokerStatus;
 use crate::worker::Worker;
@@ -15,6 +14,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
+use shared::backoff::Backoff;
 use shared::queue::Topology;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

@@ -11,7 +11,6 @@
 //! through [`llm`] and reading its answers with [`tick`]; actions use [`search`] and [`browser`] (guarded
 //! by [`ssrf`]); memory lives in [`memory`] with embeddings from [`embedding`].
 
-pub mod backoff;
 pub mod browser;
 pub mod consumer;
 pub mod embedding;

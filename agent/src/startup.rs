@@ -269,7 +269,7 @@ async fn connect_redis(
         .set_response_timeout(Some(Duration::from_secs(5)))
         .set_max_delay(Duration::from_secs(2));
     let mut backoff =
-        crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        shared::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
         match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
             Ok(manager) => return Ok(manager),
@@ -293,7 +293,7 @@ async fn connect_broker(
 ) -> Result<Connection, AgentError> {
     let timeout = settings.startup_timeout;
     let mut backoff =
-        crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        shared::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
         match connect(&settings.common.rabbitmq_url, worker_id).await {
             Ok(connection) => return Ok(connection),

@@ -11,7 +11,6 @@
 //! most `MAX_DELIVERIES` of them and uses the last one to mark the task `failed`, so a task whose worker
 //! keeps dying never stays `in_progress` forever.
 
-use crate::backoff::Backoff;
 use crate::executor::{ExecutionError, TaskContext, TaskExecutor, TickReporter};
 use lapin::Acker;
 use lapin::message::Delivery;
@@ -20,6 +19,7 @@ use lapin::types::AMQPValue;
 use redis::aio::ConnectionManager;
 use shared::Keys;
 use shared::Status;
+use shared::backoff::Backoff;
 use shared::queue::REQUEST_ID_HEADER;
 use shared::store::{Outcome, StoreError, Transition, transition};
 use shared::task::{TaskMessage, field};

@@ -12,6 +12,7 @@
 
 use crate::publisher::Publisher;
 use crate::store::TaskStore;
+use shared::backoff::Backoff;
 use shared::task::TaskMessage;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +105,7 @@ impl Enqueuer {
     }
 
     async fn keep_failing(&self, id: Uuid, reason: &str) {
-        let mut pause = RETRY_FIRST;
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {
             tokio::select! {
                 () = self.abandon.cancelled() => {
@@ -116,7 +117,7 @@ impl Enqueuer {
                     );
                     return;
                 }
-                () = tokio::time::sleep(pause) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
             }
             match self.store.fail_unqueued(id, reason).await {
                 Ok(outcome) => {
@@ -129,7 +130,6 @@ impl Enqueuer {
                 }
                 Err(error) => {
                     tracing::debug!(%error, "still cannot mark the unqueued task failed");
-                    pause = (pause * 2).min(RETRY_MAX);
                 }
             }
         }

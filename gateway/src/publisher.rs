@@ -10,6 +10,7 @@ use lapin::Confirmation;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
+use shared::backoff::Backoff;
 use shared::queue::Topology;
 use shared::task::TaskMessage;
 use std::sync::{Arc, RwLock};
@@ -91,14 +92,15 @@ impl Publisher {
         shutdown: CancellationToken,
     ) -> Result<Self, ConnectError> {
         let started = tokio::time::Instant::now();
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let (connection, channel) = loop {
-            match open(&url, &topology).await {
+            let result = open(&url, &topology).await;
+            let delay = backoff.next_delay();
+            match result {
                 Ok(opened) => break opened,
-                Err(error) if started.elapsed() + backoff < deadline => {
+                Err(error) if started.elapsed() + delay < deadline => {
                     tracing::warn!(%error, "RabbitMQ not reachable yet; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    tokio::time::sleep(delay).await;
                 }
                 Err(error) => {
                     return Err(ConnectError {
@@ -239,7 +241,7 @@ async fn supervise(
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let _ = connection.close(200, "reconnecting".into()).await;
 
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -255,12 +257,12 @@ async fn supervise(
                     break;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "RabbitMQ reconnect failed");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in = ?delay, "RabbitMQ reconnect failed");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }

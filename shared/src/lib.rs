@@ -4,8 +4,10 @@
 //! forward; the metrics sidecar reads the queue. Everything those three must see identically lives here:
 //! the task record and its statuses ([`status`], [`task`]), the Redis key builders ([`keys`]), the Lua
 //! scripts that move a record atomically ([`store`]), the queue topology and message ([`queue`]), settings
-//! helpers ([`settings`]), telemetry ([`telemetry`]) and the shutdown signal ([`shutdown`]).
+//! helpers ([`settings`]), telemetry ([`telemetry`]), the shutdown signal ([`shutdown`]) and the retry
+//! delays both binaries use ([`backoff`]).
 
+pub mod backoff;
 pub mod errors;
 pub mod keys;
 pub mod queue;

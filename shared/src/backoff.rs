@@ -1,4 +1,4 @@
-//! Exponential backoff for reconnecting to RabbitMQ and retrying Redis writes.
+//! Exponential backoff for reconnecting to RabbitMQ and retrying Redis writes (agent and gateway).
 
 use std::time::Duration;
 
