@@ -64,15 +64,16 @@ const TILE_BYTES: usize = 96 * 1024;
 const PREFETCH_WORDS: usize = 4096;
 
 /// Asks the CPU to start loading a cache line before the kernel needs it (x86's `prefetcht0`, which never
-/// faults, so it is safe); a no-op where it is not available.
+/// faults, so it is safe); a no-op where it is not available. Free to make: SSE is part of x86-64, so the
+/// check is settled at compile time there.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Prefetch {
+struct Prefetch {
     #[cfg(target_arch = "x86_64")]
     sse: Option<pulp::core_arch::x86::Sse>,
 }
 
 impl Prefetch {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         Self {
             #[cfg(target_arch = "x86_64")]
             sse: pulp::core_arch::x86::Sse::try_new(),
@@ -152,7 +153,7 @@ impl Linear {
     /// unpacked goes back to memory. A panel (3-12 KB) stays in L1 while the blocks of a tile of input rows
     /// pass it; a tile fits in L2.
     #[inline(always)]
-    pub(crate) fn forward<S: Simd>(&self, simd: S, prefetch: Prefetch, x: &[f32], out: &mut [f32]) {
+    pub(crate) fn forward<S: Simd>(&self, simd: S, x: &[f32], out: &mut [f32]) {
         let (inputs, outputs) = (self.inputs, self.outputs);
         let rows = x.len() / inputs;
         debug_assert_eq!(x.len(), rows * inputs);
@@ -162,6 +163,7 @@ impl Linear {
         let rest = half - chunks * CHUNK;
         let panel_words = chunks * CHUNK * PANEL_ROWS;
         let block_tokens = block_tokens::<S>();
+        let prefetch = Prefetch::new();
         let tile = (TILE_BYTES / (inputs * 4)).max(block_tokens) / block_tokens * block_tokens;
         let mut first = 0;
         while first < rows {
@@ -225,7 +227,8 @@ impl Panel<'_> {
     #[inline(always)]
     fn times<S: Simd, const T: usize>(&self, simd: S, x: [&[f32]; T]) -> [[f32; PANEL_ROWS]; T] {
         let half = x[0].len() / 2;
-        let whole = half - self.rest.len() / PANEL_ROWS;
+        let rest = self.rest.len() / PANEL_ROWS;
+        let whole = half - rest;
         // SIMD words per run of one row (1 with 16 lanes, 2 with 8, ...).
         let per_run = CHUNK / (std::mem::size_of::<S::u32s>() / 4);
         let words = S::as_simd_u32s(self.words).0;
@@ -261,7 +264,6 @@ impl Panel<'_> {
                 }
             }
         }
-        let rest = self.rest.len() / PANEL_ROWS;
         let mut sums = [[0.0; PANEL_ROWS]; T];
         for t in 0..T {
             for r in 0..PANEL_ROWS {
@@ -429,7 +431,7 @@ mod tests {
         type Output = ();
         #[inline(always)]
         fn with_simd<S: Simd>(self, simd: S) {
-            self.0.forward(simd, Prefetch::new(), self.1, self.2);
+            self.0.forward(simd, self.1, self.2);
         }
     }
 

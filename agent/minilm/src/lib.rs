@@ -15,7 +15,7 @@ mod kernels;
 
 use std::path::Path;
 
-use kernels::{LayerNorm, Linear, Prefetch, axpy, dot, gelu, softmax};
+use kernels::{LayerNorm, Linear, axpy, dot, gelu, softmax};
 use pulp::{Arch, Simd, WithSimd};
 use safetensors::{Dtype, SafeTensors};
 
@@ -314,7 +314,6 @@ impl WithSimd for Forward<'_> {
         let config = &model.config;
         let h = config.hidden_size;
         let tokens: usize = sequences.iter().map(|s| s.len()).sum();
-        let prefetch = Prefetch::new();
 
         // Token states of every sequence, one after the other: dense layers see all tokens at once.
         let mut x = Vec::with_capacity(tokens * h);
@@ -339,21 +338,15 @@ impl WithSimd for Forward<'_> {
         let longest = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
         let mut scores = vec![0.0; longest];
         for layer in &model.layers {
-            layer.qkv.forward(simd, prefetch, &x, &mut qkv);
+            layer.qkv.forward(simd, &x, &mut qkv);
             attention(simd, config, sequences, &qkv, &mut scores, &mut context);
-            layer
-                .attention_out
-                .forward(simd, prefetch, &context, &mut projected);
+            layer.attention_out.forward(simd, &context, &mut projected);
             layer.attention_norm.add_and_forward(&x, &mut projected);
             std::mem::swap(&mut x, &mut projected);
 
-            layer
-                .intermediate
-                .forward(simd, prefetch, &x, &mut intermediate);
+            layer.intermediate.forward(simd, &x, &mut intermediate);
             gelu(&mut intermediate);
-            layer
-                .output
-                .forward(simd, prefetch, &intermediate, &mut projected);
+            layer.output.forward(simd, &intermediate, &mut projected);
             layer.output_norm.add_and_forward(&x, &mut projected);
             std::mem::swap(&mut x, &mut projected);
         }
