@@ -282,29 +282,11 @@ async fn a_task_that_cannot_be_queued_while_redis_is_away_too_ends_failed_once_r
     broker.stall();
 
     // Charged and recorded; then Redis goes away while the publish waits for a confirm that never comes.
-    let post = tokio::spawn({
-        let (client, url, token) = (
-            app.client.clone(),
-            format!("{}/tasks", app.address),
-            app.token("alice"),
-        );
-        async move {
-            let response = client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"mandate": "m", "max_ticks": 5}))
-                .send()
-                .await
-                .unwrap();
-            (
-                response.status().as_u16(),
-                response.json::<Value>().await.unwrap(),
-            )
-        }
+    let ((status, body, _), id) = tokio::join!(post(&app, "alice"), async {
+        let id = the_task(&app).await;
+        redis.cut();
+        id
     });
-    let id = the_task(&app).await;
-    redis.cut();
-    let (status, body) = post.await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(
         app.stored(&id).await["status"],
