@@ -7,7 +7,13 @@
 #   4. env-var coverage and secret hygiene              (scripts/deploy-checks/check_env.py: every variable the
 #      binaries read is set in the ECS task definitions / Lambda and documented in .env.example; no secret
 #      is a plain Environment value)
-#   5. shell scripts with shellcheck, when installed    (optional)
+#   5. what sits in front of the gateway                (scripts/deploy-checks/check_edge.py: HTTPS unless
+#      AllowPlainHttp=true, 80 -> 443 redirect, only ports 80/443 open, the WAF's rate limit, managed rule
+#      groups, body-size rule equal to the gateway's limit, CloudWatch metrics on every rule)
+#   6. CI/CD trust                                      (scripts/deploy-checks/check_cicd.py: every third-party
+#      action pinned to a commit SHA, the OIDC trust subject = the deploy jobs' GitHub environment, the
+#      CloudFormation execution role scoped to the template's services, roles under the workload boundary)
+#   7. shell scripts with shellcheck, when installed    (optional)
 # The PyPI tools go into the project virtualenv .venv (created if missing; idempotent).
 # Exit status: 0 when everything passes, 1 otherwise (each failure is named).
 set -uo pipefail
@@ -85,7 +91,21 @@ else
     fail "env-var coverage / secret hygiene (see the list above)"
 fi
 
-# --- 5. shellcheck (optional) -----------------------------------------------------------------------------------
+# --- 5. edge: HTTPS, open ports, WAF ----------------------------------------------------------------------------
+if "$venv/bin/python" scripts/deploy-checks/check_edge.py "$repo_root"; then
+    :
+else
+    fail "HTTPS / open ports / WAF (see the list above)"
+fi
+
+# --- 6. CI/CD trust -----------------------------------------------------------------------------------------------
+if "$venv/bin/python" scripts/deploy-checks/check_cicd.py "$repo_root"; then
+    :
+else
+    fail "CI/CD trust: action pinning / OIDC subject / execution role (see the list above)"
+fi
+
+# --- 7. shellcheck (optional) -----------------------------------------------------------------------------------
 if command -v shellcheck >/dev/null 2>&1; then
     if out="$(shellcheck -S warning scripts/check-deploy.sh 2>&1)"; then
         log "shellcheck: scripts/check-deploy.sh clean"

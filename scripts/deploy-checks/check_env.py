@@ -10,8 +10,8 @@ and, for every container and the Lambda:
 plus a few structural guarantees of the compose file, the template (check_structure) and the Dockerfiles
 (check_dockerfiles).
 
-The variable list is SPEC.md section 7 (copied below) united with the names found by regex in the Rust
-settings code, when those files exist. Exemptions carry a reason each.
+The variable list is the documented configuration contract (copied below) united with the names found by
+regex in the Rust settings code, when those files exist. Exemptions carry a reason each.
 
 Usage: python check_env.py <repo root>   (needs PyYAML: run it with the project .venv's python)
 Exit status 0 when everything holds; 1 with one line per problem otherwise.
@@ -27,8 +27,8 @@ import sys
 import yaml
 
 # ----------------------------------------------------------------------------------------------------------
-# SPEC.md section 7, copied (keep in sync when the contract changes). Component -> variables it reads.
-SPEC_SECTION_7 = {
+# The documented configuration contract (keep in sync when it changes). Component -> variables it reads.
+DOCUMENTED_VARIABLES = {
     # "Shared": read by the gateway, the agent and the metrics sidecar (shared::settings::CommonSettings).
     "shared": ["REDIS_URL", "RABBITMQ_URL", "AGENT_INPUT_QUEUE", "REDIS_KEY_PREFIX", "LOG_FORMAT", "RUST_LOG"],
     "gateway": ["PORT", "SUPABASE_URL", "SUPABASE_JWT_SECRET", "SUPABASE_JWKS_URL", "SUPABASE_JWT_AUDIENCE",
@@ -146,7 +146,7 @@ def variables_from_code(root):
 
 
 def required_by_component(root):
-    """component -> {variable: [where it comes from]} (SPEC and code)."""
+    """component -> {variable: [where it comes from]} (documented contract and code)."""
     required = {c: {} for c in TARGETS}
 
     def add(component, name, origin):
@@ -154,9 +154,9 @@ def required_by_component(root):
         for user in users:
             required[user].setdefault(name, set()).add(origin)
 
-    for component, names in SPEC_SECTION_7.items():
+    for component, names in DOCUMENTED_VARIABLES.items():
         for name in names:
-            add(component, name, "SPEC §7")
+            add(component, name, "documented contract")
     for component, names in variables_from_code(root).items():
         for name, files in names.items():
             for f in files:
@@ -329,7 +329,7 @@ def main(root):
     for _, fn in lambdas(template):
         lambda_vars.update(((fn.get("Properties", {}).get("Environment") or {}).get("Variables") or {}))
 
-    print("Variables the binaries read (SPEC §7 + settings code), by component:")
+    print("Variables the binaries read (documented contract + settings code), by component:")
     for component, names in required.items():
         print(f"  {component:8} {' '.join(sorted(names))}")
     print("Exempt from ECS/Lambda: " + "; ".join(f"{k} ({v})" for k, v in EXEMPT_FROM_AWS.items()))
