@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..count {
         let task = uuid::Uuid::new_v4();
         let now = Utc::now();
-        let record = TaskRecord::new_pending("bench", "bench", 1, "none", now);
+        let record = TaskRecord::new_pending("bench", "bench", 1, "none", "", now);
         redis::cmd("HSET")
             .arg(keys.task(task))
             .arg(record.to_fields())

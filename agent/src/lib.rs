@@ -1,13 +1,14 @@
 //! The Euglena-rs agent worker: the runtime around a task, and the mind that runs it.
 //!
-//! Runtime (issue 3):
+//! Runtime:
 //! [`consumer`] takes messages from `agent.mandates` and reconnects when the broker restarts;
 //! [`worker`] runs each delivery through a [`executor::TaskExecutor`] (the mind plugs in
 //! there) with forward-only statuses, heartbeats and once-only refunds; [`presence`] heartbeats the worker
-//! into `workers:status`; [`protection`] holds ECS scale-in protection while busy; [`health`] serves
+//! into `workers:status`; [`protection`] holds ECS scale-in protection while busy; [`purger`] forgets the
+//! memory of deleted and expired tasks; [`health`] serves
 //! `GET /health`; [`startup`] wires it all and drains on SIGTERM.
 //!
-//! Mind (issue 4): [`mind`] runs the tick loop, building prompts with [`prompt`], calling the model
+//! Mind: [`mind`] runs the tick loop, building prompts with [`prompt`], calling the model
 //! through [`llm`] and reading its answers with [`tick`]; actions use [`search`] and [`browser`] (guarded
 //! by [`ssrf`]); memory lives in [`memory`] with embeddings from [`embedding`].
 
@@ -23,6 +24,7 @@ pub mod mind;
 pub mod presence;
 pub mod prompt;
 pub mod protection;
+pub mod purger;
 pub mod search;
 pub mod settings;
 pub mod ssrf;
@@ -32,6 +34,6 @@ pub mod tick;
 pub mod worker;
 
 pub use error::AgentError;
-pub use executor::{ExecutionError, TaskContext, TaskExecutor, TickReporter};
+pub use executor::{ExecutionError, Progress, TaskContext, TaskExecutor, TickReporter};
 pub use settings::AgentSettings;
 pub use startup::Application;

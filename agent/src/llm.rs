@@ -78,9 +78,22 @@ impl LlmError {
     }
 }
 
+/// One answer of the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The answer's text.
+    pub text: String,
+    /// Prompt tokens, as the server reported them (0 when it reports none).
+    pub prompt_tokens: u64,
+    /// Completion tokens, as the server reported them (0 when it reports none).
+    pub completion_tokens: u64,
+    /// How long the call took, retries included.
+    pub elapsed: Duration,
+}
+
 /// What one attempt produced.
 enum Attempt {
-    Done(String),
+    Done(Completion),
     Retry(LlmError),
     Fail(LlmError),
 }
@@ -132,7 +145,8 @@ impl Llm {
         messages: &[Message],
         conversation: &str,
         cancel: &CancellationToken,
-    ) -> Result<String, LlmError> {
+    ) -> Result<Completion, LlmError> {
+        let started = std::time::Instant::now();
         let request = CreateChatCompletionRequestArgs::default()
             .model(self.settings.model.clone())
             .messages(to_openai(messages))
@@ -151,7 +165,12 @@ impl Llm {
                 outcome = self.attempt(request.clone()) => outcome,
             };
             match outcome {
-                Attempt::Done(text) => return Ok(text),
+                Attempt::Done(completion) => {
+                    return Ok(Completion {
+                        elapsed: started.elapsed(),
+                        ..completion
+                    });
+                }
                 Attempt::Fail(error) => return Err(error),
                 Attempt::Retry(error) if attempt >= self.settings.max_retries => return Err(error),
                 Attempt::Retry(error) => {
@@ -180,6 +199,10 @@ impl Llm {
         };
         match response {
             Ok(response) => {
+                let (prompt_tokens, completion_tokens) =
+                    response.usage.as_ref().map_or((0, 0), |u| {
+                        (u64::from(u.prompt_tokens), u64::from(u.completion_tokens))
+                    });
                 let content = response
                     .choices
                     .into_iter()
@@ -187,7 +210,12 @@ impl Llm {
                     .and_then(|choice| choice.message.content)
                     .filter(|c| !c.trim().is_empty());
                 match content {
-                    Some(text) => Attempt::Done(text),
+                    Some(text) => Attempt::Done(Completion {
+                        text,
+                        prompt_tokens,
+                        completion_tokens,
+                        elapsed: Duration::ZERO,
+                    }),
                     None => Attempt::Fail(LlmError::Empty),
                 }
             }

@@ -8,8 +8,9 @@ use crate::executor::TaskExecutor;
 use crate::health::{self, BrokerStatus, HealthState};
 use crate::presence::Presence;
 use crate::protection::Protection;
+use crate::purger::Purger;
 use crate::settings::AgentSettings;
-use crate::worker::{Stopping, Worker, WorkerConfig};
+use crate::worker::{CANCEL_POLL, Stopping, Worker, WorkerConfig};
 use lapin::Connection;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
@@ -116,6 +117,7 @@ impl<E: TaskExecutor> Application<E> {
         } = self;
         let common = &settings.common;
         let stopping = Stopping::default();
+        let executor_handle = Arc::clone(&executor);
         let worker = Worker::new(
             executor,
             redis.clone(),
@@ -130,6 +132,7 @@ impl<E: TaskExecutor> Application<E> {
             stopping.clone(),
         );
         let in_hand = worker.in_hand().clone();
+        let executor_for_purges = Arc::clone(&executor_handle);
 
         let background = CancellationToken::new();
         let presence = Presence::new(
@@ -153,6 +156,18 @@ impl<E: TaskExecutor> Application<E> {
             worker_id: worker_id.clone(),
         };
         let sweeper_task = tokio::spawn(sweeper.run(background.clone()));
+        let cancel_task = tokio::spawn(
+            worker
+                .clone()
+                .watch_cancellations(CANCEL_POLL, background.clone()),
+        );
+        let purger = Purger {
+            executor: executor_for_purges,
+            redis: redis.clone(),
+            keys: common.keys(),
+            retention: Duration::from_secs(common.task_ttl_seconds),
+        };
+        let purger_task = tokio::spawn(purger.run(background.clone()));
         let protection_task = settings.ecs_agent_uri.as_deref().map(|uri| {
             let protection = Protection::new(
                 uri,
@@ -224,6 +239,11 @@ impl<E: TaskExecutor> Application<E> {
         }
         if let Err(error) = sweeper_task.await {
             tracing::error!(%error, "the dead-letter sweeper panicked");
+        }
+        for (name, task) in [("cancel watcher", cancel_task), ("purger", purger_task)] {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "the {name} panicked");
+            }
         }
         if let Some(task) = protection_task
             && let Err(error) = task.await

@@ -20,7 +20,7 @@ use secrecy::SecretString;
 use shared::Keys;
 use shared::Status;
 use shared::store::{StoreError, Transition, transition};
-use shared::task::{TaskMessage, field};
+use shared::task::{TaskMessage, TaskResult, field};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -30,6 +30,16 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Messages read per sweep at most; the rest wait for the next sweep.
 const MAX_MESSAGES_PER_SWEEP: u32 = 1_000;
+
+/// `status`, `updated_at`, `tick`, `max_ticks`, `cancel_requested` of a swept task, each read leniently: a
+/// field that is missing or unreadable must not keep a dead-lettered task unfinished.
+type SweptFields = (
+    Option<String>,
+    Option<String>,
+    Option<u32>,
+    Option<u32>,
+    Option<String>,
+);
 
 /// What one sweep found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -83,7 +93,7 @@ pub struct Sweeper {
 impl Sweeper {
     /// The Redis key whose holder sweeps this interval.
     fn lock_key(&self) -> String {
-        format!("{}dlq:sweeper", self.keys.prefix())
+        self.keys.dlq_sweeper_lock()
     }
 
     /// Sweeps every [`SWEEP_INTERVAL`] (when this agent wins the lock) until `stop` fires. Failures are
@@ -220,12 +230,14 @@ impl Sweeper {
     /// Marks task `id` failed when it is unfinished and no worker touched it within the worker TTL.
     async fn fail_if_abandoned(&self, id: Uuid, reason: &str) -> Result<Verdict, SweepError> {
         let mut conn = self.redis.clone();
-        let (status, updated_at, tick): (Option<String>, Option<String>, Option<u32>) =
+        let (status, updated_at, tick, max_ticks, cancel_requested): SweptFields =
             redis::cmd("HMGET")
                 .arg(self.keys.task(id))
                 .arg(field::STATUS)
                 .arg(field::UPDATED_AT)
                 .arg(field::TICK)
+                .arg(field::MAX_TICKS)
+                .arg(field::CANCEL_REQUESTED)
                 .query_async(&mut conn)
                 .await?;
         let Some(status) = status.and_then(|status| status.parse::<Status>().ok()) else {
@@ -236,19 +248,26 @@ impl Sweeper {
             Verdict::Failed => {}
             other => return Ok(other),
         }
-        let error = format!(
-            "the task's message was dead-lettered ({reason}) and no worker finished it: \
-             its workers died or lost their connections on every delivery"
-        );
-        let outcome = transition(
-            &mut conn,
-            &self.keys,
-            id,
-            &Transition::fail(error, tick.unwrap_or(0)),
-            now,
-            self.task_ttl_seconds,
-        )
-        .await?;
+        let ticks = tick.unwrap_or(0);
+        // Its owner asked to cancel it: that is how it ends, whatever became of its workers.
+        let end = if cancel_requested.as_deref() == Some("1") {
+            let result =
+                TaskResult::cancelled(ticks, max_ticks.unwrap_or(ticks), Vec::new(), Vec::new());
+            Transition::to(Status::Cancelled)
+                .with(
+                    field::RESULT,
+                    serde_json::to_string(&result).expect("a TaskResult always serialises"),
+                )
+                .refunding(ticks)
+        } else {
+            let error = format!(
+                "the task's message was dead-lettered ({reason}) and no worker finished it: \
+                 its workers died or lost their connections on every delivery"
+            );
+            Transition::fail(error, ticks)
+        };
+        let outcome =
+            transition(&mut conn, &self.keys, id, &end, now, self.task_ttl_seconds).await?;
         Ok(match outcome {
             shared::store::Outcome::Applied { .. } => {
                 tracing::warn!(task_id = %id, reason, "failed a dead-lettered task");

@@ -59,9 +59,17 @@ impl Enqueuer {
         &self,
         message: TaskMessage,
         request_id: Option<String>,
+        idempotency_key: Option<String>,
     ) -> Result<(), String> {
         let this = self.clone();
-        let work = async move { this.publish_or_fail(&message, request_id.as_deref()).await };
+        let work = async move {
+            this.publish_or_fail(&message, request_id.as_deref())
+                .await?;
+            if let Some(key) = idempotency_key {
+                this.mark_answered(&key).await;
+            }
+            Ok(())
+        };
         self.tracker
             .spawn(work.in_current_span())
             .await
@@ -79,6 +87,14 @@ impl Enqueuer {
         let reason = format!("the task could not be queued: {error}");
         self.fail(message.correlation_id, &reason).await;
         Err(reason)
+    }
+
+    /// Records that the request with idempotency entry `key` is answered 202. Best effort: if it fails,
+    /// a repeated request is settled from the task's own status (see `store::create::replay`).
+    async fn mark_answered(&self, key: &str) {
+        if let Err(error) = self.store.mark_idempotency_done(key).await {
+            tracing::warn!(%error, "could not mark the idempotency key answered");
+        }
     }
 
     /// Marks the task `id` failed with `reason` and refunds it, trying a few times at once and then, if

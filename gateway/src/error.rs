@@ -1,6 +1,6 @@
 //! The one error type every handler returns, and how it becomes a JSON response.
 //!
-//! Bodies are `{"error": {"code": "<stable_code>", "message": "<human text>"}}` (SPEC section 2). The
+//! Bodies are `{"error": {"code": "<stable_code>", "message": "<human text>"}}` (`docs/api.md`). The
 //! `match` from variant to status is exhaustive on purpose: a new variant must be given a status here.
 //! 5xx bodies stay generic; their cause is logged inside the request span.
 
@@ -35,6 +35,22 @@ pub enum ApiError {
         /// Ticks the request asked for.
         requested: u32,
     },
+    /// The owner already has the most queued-or-running tasks allowed (429).
+    #[error(
+        "you have {active} tasks queued or running; the limit is {limit}: wait for one to finish or cancel one"
+    )]
+    TooManyActiveTasks {
+        /// Tasks queued or running.
+        active: u32,
+        /// `MAX_ACTIVE_TASKS_PER_USER`.
+        limit: u32,
+    },
+    /// The `Idempotency-Key` was used before with another request body (422).
+    #[error("this Idempotency-Key was used with another request; use a new key for a new task")]
+    IdempotencyKeyReused,
+    /// The first request with this `Idempotency-Key` has not been answered yet (409).
+    #[error("a request with this Idempotency-Key is still being processed; retry shortly")]
+    IdempotencyKeyInUse,
     /// No such task, or not the caller's (404).
     #[error("no such task")]
     NotFound,
@@ -60,6 +76,8 @@ struct ErrorDetail<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     remaining: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u32>,
 }
 
 impl ApiError {
@@ -72,6 +90,13 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::EmailNotConfirmed => (StatusCode::FORBIDDEN, "email_not_confirmed"),
             ApiError::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+            ApiError::TooManyActiveTasks { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_active_tasks")
+            }
+            ApiError::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            ApiError::IdempotencyKeyInUse => (StatusCode::CONFLICT, "idempotency_key_in_use"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NoRoute(status) => (*status, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -93,11 +118,16 @@ impl IntoResponse for ApiError {
             ApiError::QuotaExceeded { remaining, .. } => Some(*remaining),
             _ => None,
         };
+        let limit = match &self {
+            ApiError::TooManyActiveTasks { limit, .. } => Some(*limit),
+            _ => None,
+        };
         let body = ErrorBody {
             error: ErrorDetail {
                 code,
                 message: self.to_string(),
                 remaining,
+                limit,
             },
         };
         (status, Json(body)).into_response()
@@ -126,6 +156,19 @@ mod tests {
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(body["error"]["code"], "quota_exceeded");
         assert_eq!(body["error"]["remaining"], 4);
+    }
+
+    #[tokio::test]
+    async fn a_cap_error_carries_the_limit() {
+        let (status, body) = body_of(ApiError::TooManyActiveTasks {
+            active: 20,
+            limit: 20,
+        })
+        .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["error"]["code"], "too_many_active_tasks");
+        assert_eq!(body["error"]["limit"], 20);
+        assert!(body["error"].get("remaining").is_none());
     }
 
     #[tokio::test]

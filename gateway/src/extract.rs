@@ -92,3 +92,22 @@ where
         })
     }
 }
+
+/// The `{id}` of a task route. An id that is not a UUID (or not even UTF-8) names no task: 404 with the
+/// JSON error body, like a task that does not exist.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskId(pub uuid::Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for TaskId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::NotFound)?;
+        uuid::Uuid::parse_str(&raw)
+            .map(TaskId)
+            .map_err(|_| ApiError::NotFound)
+    }
+}

@@ -1,10 +1,12 @@
-//! The Euglena-rs gateway: validates Supabase JWTs, enforces the daily tick quota, records each task in
-//! Redis and publishes it to RabbitMQ with publisher confirms (SPEC section 2).
+//! The Euglena-rs gateway: validates Supabase JWTs, enforces the daily tick quota and the active-task cap,
+//! records each task in Redis and publishes it to RabbitMQ with publisher confirms, and lets a task's owner
+//! follow it live, cancel it, list and delete it (`docs/api.md`).
 
 pub mod auth;
 pub mod enqueue;
 pub mod error;
 pub mod extract;
+pub mod follow;
 pub mod jwks;
 pub mod publisher;
 pub mod quota;

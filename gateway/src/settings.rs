@@ -1,4 +1,4 @@
-//! The gateway's typed settings, read from the environment names in SPEC section 7.
+//! The gateway's typed settings, read from the environment (`docs/operations.md` lists every variable).
 
 use secrecy::SecretString;
 use shared::settings::{CommonSettings, Reader, SettingsError, Source};
@@ -21,6 +21,8 @@ pub struct Settings {
     pub max_ticks_per_task: u32,
     /// `MAX_MANDATE_CHARS`: the longest mandate, in characters after trimming (default 8000).
     pub max_mandate_chars: usize,
+    /// `MAX_ACTIVE_TASKS_PER_USER`: queued-or-running tasks one user may have (default 20).
+    pub max_active_tasks_per_user: u32,
     /// `CORS_ORIGINS`: comma-separated allowed origins; empty allows none, `*` allows any.
     pub cors_origins: Vec<String>,
     /// `REQUEST_TIMEOUT_SECONDS`: the longest a request may take (default 10).
@@ -31,7 +33,7 @@ pub struct Settings {
     pub startup_deadline: Duration,
 }
 
-/// How JWTs are verified (SPEC section 2, Auth).
+/// How JWTs are verified.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
     /// `SUPABASE_URL`: when set, `iss` must be `{SUPABASE_URL}/auth/v1` and the JWKS URL defaults from it.
@@ -120,6 +122,7 @@ impl Settings {
             daily_tick_limit: r.ranged("DAILY_TICK_LIMIT", 256, 1, 10_000_000)?,
             max_ticks_per_task: r.ranged("MAX_TICKS_PER_TASK", 100, 1, 100_000)?,
             max_mandate_chars: r.ranged("MAX_MANDATE_CHARS", 8000, 1, 1_000_000)?,
+            max_active_tasks_per_user: r.ranged("MAX_ACTIVE_TASKS_PER_USER", 20, 1, 1_000_000)?,
             cors_origins,
             request_timeout: Duration::from_secs(r.ranged(
                 "REQUEST_TIMEOUT_SECONDS",
@@ -168,6 +171,7 @@ mod tests {
         assert_eq!(s.daily_tick_limit, 256);
         assert_eq!(s.max_ticks_per_task, 100);
         assert_eq!(s.max_mandate_chars, 8000);
+        assert_eq!(s.max_active_tasks_per_user, 20);
         assert_eq!(s.auth.audience, "authenticated");
         assert!(!s.auth.allow_unconfirmed);
         assert!(s.auth.jwks_url.is_none());

@@ -3,6 +3,7 @@
 use crate::auth::Authenticator;
 use crate::enqueue::Enqueuer;
 use crate::error::ApiError;
+use crate::follow::Hub;
 use crate::publisher::{ConnectError, Publisher};
 use crate::routes;
 use crate::settings::Settings;
@@ -10,6 +11,7 @@ use crate::state::{AppState, Inner};
 use crate::store::{StoreError, TaskStore};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderName as Name;
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::routing::{get, post};
 use axum::{BoxError, Router};
@@ -40,6 +42,9 @@ pub enum StartupError {
     /// The Redis settings are unusable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The Redis URL is unusable.
+    #[error("invalid REDIS_URL: {0}")]
+    RedisUrl(String),
     /// RabbitMQ did not answer within the start-up deadline.
     #[error(transparent)]
     Broker(#[from] ConnectError),
@@ -60,6 +65,7 @@ pub struct Application {
     router: Router,
     port: u16,
     shutdown: CancellationToken,
+    draining: CancellationToken,
     enqueuer: Enqueuer,
 }
 
@@ -98,18 +104,30 @@ impl Application {
             .map_err(|source| StartupError::Bind { address, source })?
             .port();
         let enqueuer = Enqueuer::new(publisher.clone(), store.clone());
+        let hub = Hub::new();
+        let pubsub = redis::Client::open(settings.common.redis_url.expose_secret())
+            .map_err(|e| StartupError::RedisUrl(e.to_string()))?;
+        tokio::spawn(hub.clone().run(
+            pubsub,
+            settings.common.keys().events_channel(),
+            shutdown.clone(),
+        ));
+        let draining = CancellationToken::new();
         let state = AppState::new(Inner {
             auth: Authenticator::new(&settings.auth),
             settings,
             store,
             publisher,
             enqueuer: enqueuer.clone(),
+            hub,
+            draining: draining.clone(),
         });
         Ok(Self {
             listener,
             router: router(state),
             port,
             shutdown,
+            draining,
             enqueuer,
         })
     }
@@ -130,7 +148,9 @@ impl Application {
     ) -> std::io::Result<()> {
         tracing::info!(port = self.port, "gateway listening");
         let shutdown = self.shutdown.clone();
-        let draining = CancellationToken::new();
+        // Event streams end as soon as draining starts, so their connections close and clients reconnect
+        // to another gateway with Last-Event-ID.
+        let draining = self.draining.clone();
         let drain_started = draining.clone();
         let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             signal.await;
@@ -173,8 +193,16 @@ pub fn router(state: AppState) -> Router {
     let cors = cors(&state.settings.cors_origins);
     let body_limit = state.settings.body_limit();
     Router::new()
-        .route("/tasks", post(routes::tasks::create_task))
-        .route("/tasks/{id}", get(routes::tasks::get_task))
+        .route(
+            "/tasks",
+            post(routes::tasks::create_task).get(routes::tasks::list_tasks),
+        )
+        .route(
+            "/tasks/{id}",
+            get(routes::tasks::get_task).delete(routes::steer::delete_task),
+        )
+        .route("/tasks/{id}/cancel", post(routes::steer::cancel_task))
+        .route("/tasks/{id}/events", get(routes::events::task_events))
         .route("/agents/count", get(routes::agents::agent_count))
         .route("/health", get(routes::health::health))
         .route("/openapi.json", get(routes::openapi::openapi))
@@ -226,8 +254,17 @@ fn cors(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow_origin)
-        .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .expose_headers([REQUEST_ID])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            Name::from_static("idempotency-key"),
+            Name::from_static("last-event-id"),
+        ])
+        .expose_headers([
+            REQUEST_ID,
+            header::LOCATION,
+            Name::from_static("idempotent-replayed"),
+        ])
         .max_age(Duration::from_secs(600))
 }

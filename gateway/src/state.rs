@@ -2,10 +2,12 @@
 
 use crate::auth::Authenticator;
 use crate::enqueue::Enqueuer;
+use crate::follow::Hub;
 use crate::publisher::Publisher;
 use crate::settings::Settings;
 use crate::store::TaskStore;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Shared, read-only state behind an `Arc`; cloned per request.
 #[derive(Debug, Clone)]
@@ -26,6 +28,10 @@ pub struct Inner {
     pub publisher: Publisher,
     /// Publishes recorded tasks, detached from their requests, and fails those it cannot publish.
     pub enqueuer: Enqueuer,
+    /// Hands appended task events to the streams following them.
+    pub hub: Hub,
+    /// Fired when the gateway starts shutting down: event streams end so connections can drain.
+    pub draining: CancellationToken,
 }
 
 impl AppState {

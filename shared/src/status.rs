@@ -22,6 +22,8 @@ pub enum Status {
     Completed,
     /// Finished with an error. Terminal.
     Failed,
+    /// Stopped at its owner's request. Terminal.
+    Cancelled,
 }
 
 /// A task's status as the HTTP API shows it.
@@ -32,20 +34,60 @@ pub enum ShownStatus {
     InQueue,
     /// An agent is working on it.
     InProgress,
+    /// Its owner asked to cancel it; the agent running it is stopping.
+    Cancelling,
     /// Finished; `result` is set.
     Completed,
     /// Finished; `error` is set.
     Failed,
+    /// Cancelled; `result` holds what was done before (`success: false`).
+    Cancelled,
+}
+
+impl ShownStatus {
+    /// Every shown status.
+    pub const ALL: [ShownStatus; 6] = [
+        ShownStatus::InQueue,
+        ShownStatus::InProgress,
+        ShownStatus::Cancelling,
+        ShownStatus::Completed,
+        ShownStatus::Failed,
+        ShownStatus::Cancelled,
+    ];
+
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShownStatus::InQueue => "in_queue",
+            ShownStatus::InProgress => "in_progress",
+            ShownStatus::Cancelling => "cancelling",
+            ShownStatus::Completed => "completed",
+            ShownStatus::Failed => "failed",
+            ShownStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl FromStr for ShownStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ShownStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
 }
 
 impl Status {
     /// Every status, in order of progress.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Pending,
         Status::Accepted,
         Status::InProgress,
         Status::Completed,
         Status::Failed,
+        Status::Cancelled,
     ];
 
     /// The name stored in Redis.
@@ -56,40 +98,49 @@ impl Status {
             Status::InProgress => "in_progress",
             Status::Completed => "completed",
             Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
         }
     }
 
     /// Whether the task is finished: nothing may change it afterwards.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Completed | Status::Failed)
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
     }
 
-    /// The status the API shows for this stored status.
-    pub fn shown(self) -> ShownStatus {
+    /// Whether an agent holds the task (it took the message and has not finished).
+    pub fn is_running(self) -> bool {
+        matches!(self, Status::Accepted | Status::InProgress)
+    }
+
+    /// The status the API shows for this stored status; `cancel_requested` is the record's flag, set when
+    /// its owner asked to cancel a running task.
+    pub fn shown(self, cancel_requested: bool) -> ShownStatus {
         match self {
             Status::Pending => ShownStatus::InQueue,
+            Status::Accepted | Status::InProgress if cancel_requested => ShownStatus::Cancelling,
             Status::Accepted | Status::InProgress => ShownStatus::InProgress,
             Status::Completed => ShownStatus::Completed,
             Status::Failed => ShownStatus::Failed,
+            Status::Cancelled => ShownStatus::Cancelled,
         }
     }
 
-    /// The forward-only rule: `pending -> accepted -> in_progress -> completed | failed`, and
-    /// `pending -> failed`.
+    /// The forward-only rule: `pending -> accepted -> in_progress -> completed | failed | cancelled`, and
+    /// `pending -> failed | cancelled`.
     ///
     /// A worker may also re-take a task it (or a dead worker) had already taken (`accepted -> accepted`,
     /// `in_progress -> accepted` is refused), heartbeat an `in_progress` task (`in_progress -> in_progress`),
-    /// and finish a task that never reached its first tick (`accepted -> completed | failed`). Nothing moves
-    /// out of a terminal status, and nothing moves back to `pending`.
+    /// and finish a task that never reached its first tick (`accepted -> completed | failed | cancelled`).
+    /// Nothing moves out of a terminal status, and nothing moves back to `pending`.
     pub fn can_move_to(self, to: Status) -> bool {
         use Status::*;
         match (self, to) {
-            (Completed | Failed, _) => false,
+            (Completed | Failed | Cancelled, _) => false,
             (_, Pending) => false,
-            (Pending, Accepted | Failed) => true,
+            (Pending, Accepted | Failed | Cancelled) => true,
             (Pending, InProgress | Completed) => false,
-            (Accepted, Accepted | InProgress | Completed | Failed) => true,
-            (InProgress, InProgress | Completed | Failed) => true,
+            (Accepted, Accepted | InProgress | Completed | Failed | Cancelled) => true,
+            (InProgress, InProgress | Completed | Failed | Cancelled) => true,
             (InProgress, Accepted) => false,
         }
     }
@@ -109,7 +160,7 @@ impl fmt::Display for Status {
     }
 }
 
-/// The stored value is not one of the five statuses.
+/// The stored (or requested) value is not one of the statuses.
 #[derive(Debug, thiserror::Error)]
 #[error("unknown task status {0:?}")]
 pub struct UnknownStatus(pub String);
@@ -141,7 +192,7 @@ mod tests {
 
     #[test]
     fn nothing_leaves_a_terminal_status() {
-        for from in [Completed, Failed] {
+        for from in [Completed, Failed, Cancelled] {
             for to in Status::ALL {
                 assert!(!from.can_move_to(to), "{from} -> {to} must be refused");
             }
@@ -154,7 +205,7 @@ mod tests {
             Pending => 0,
             Accepted => 1,
             InProgress => 2,
-            Completed | Failed => 3,
+            Completed | Failed | Cancelled => 3,
         };
         for from in Status::ALL {
             for to in Status::ALL {
@@ -180,6 +231,16 @@ mod tests {
     }
 
     #[test]
+    fn a_task_can_be_cancelled_until_it_finishes() {
+        for from in [Pending, Accepted, InProgress] {
+            assert!(from.can_move_to(Cancelled), "{from} -> cancelled");
+        }
+        assert!(Cancelled.is_terminal());
+        assert!(!Cancelled.can_move_to(Completed));
+        assert!(!Completed.can_move_to(Cancelled));
+    }
+
+    #[test]
     fn allowed_sources_agree_with_the_rule() {
         assert_eq!(Status::allowed_sources(Accepted), vec![Pending, Accepted]);
         assert_eq!(
@@ -191,15 +252,28 @@ mod tests {
 
     #[test]
     fn stored_statuses_are_shown_as_the_api_names_them() {
-        assert_eq!(Pending.shown(), ShownStatus::InQueue);
-        assert_eq!(Accepted.shown(), ShownStatus::InProgress);
-        assert_eq!(InProgress.shown(), ShownStatus::InProgress);
-        assert_eq!(Completed.shown(), ShownStatus::Completed);
-        assert_eq!(Failed.shown(), ShownStatus::Failed);
-        assert_eq!(
-            serde_json::to_string(&ShownStatus::InQueue).unwrap(),
-            "\"in_queue\""
-        );
+        assert_eq!(Pending.shown(false), ShownStatus::InQueue);
+        assert_eq!(Accepted.shown(false), ShownStatus::InProgress);
+        assert_eq!(InProgress.shown(false), ShownStatus::InProgress);
+        assert_eq!(Completed.shown(false), ShownStatus::Completed);
+        assert_eq!(Failed.shown(false), ShownStatus::Failed);
+        assert_eq!(Cancelled.shown(false), ShownStatus::Cancelled);
+        for status in ShownStatus::ALL {
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{}\"", status.as_str())
+            );
+            assert_eq!(status.as_str().parse::<ShownStatus>().unwrap(), status);
+        }
+    }
+
+    #[test]
+    fn a_running_task_whose_owner_asked_to_cancel_is_shown_cancelling() {
+        assert_eq!(Accepted.shown(true), ShownStatus::Cancelling);
+        assert_eq!(InProgress.shown(true), ShownStatus::Cancelling);
+        // Once finished, the outcome is shown whatever was asked.
+        assert_eq!(Completed.shown(true), ShownStatus::Completed);
+        assert_eq!(Pending.shown(true), ShownStatus::InQueue);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The task record stored in Redis (`task:{id}`), the result an agent produces, and the queue message.
 
-use crate::status::{Status, UnknownStatus};
+use crate::api::Usage;
+use crate::status::{ShownStatus, Status, UnknownStatus};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-/// Field names of the `task:{id}` hash (SPEC section 3).
+/// Field names of the `task:{id}` hash.
 pub mod field {
     /// The JWT `sub` of the user who created the task.
     pub const OWNER: &str = "owner";
@@ -32,9 +33,17 @@ pub mod field {
     pub const REFUNDED: &str = "refunded";
     /// How many times an agent took the task's message.
     pub const ATTEMPTS: &str = "attempts";
+    /// The JSON [`crate::api::Usage`] so far.
+    pub const USAGE: &str = "usage";
+    /// `1` once the owner asked to cancel the task while it ran.
+    pub const CANCEL_REQUESTED: &str = "cancel_requested";
+    /// The full (prefixed) key of the owner's set of active tasks, left when the task ends.
+    pub const ACTIVE_KEY: &str = "active_key";
+    /// The full (prefixed) key of the `Idempotency-Key` entry that created the task, if any.
+    pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
 }
 
-/// What a completed task produced (SPEC section 2).
+/// What a completed (or cancelled) task produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskResult {
     /// Whether the agent considers the mandate fulfilled.
@@ -47,6 +56,33 @@ pub struct TaskResult {
     pub sources: Vec<String>,
     /// Ticks the task consumed.
     pub ticks_used: u32,
+}
+
+impl TaskResult {
+    /// What a task its owner cancelled after `ticks_used` of `max_ticks` ticks keeps: what it gathered
+    /// until then, and no synthesis (`success: false`).
+    pub fn cancelled(
+        ticks_used: u32,
+        max_ticks: u32,
+        deliverables: Vec<String>,
+        sources: Vec<String>,
+    ) -> Self {
+        let summary = if ticks_used == 0 {
+            "Cancelled by its owner before its first tick.".to_owned()
+        } else {
+            format!(
+                "Cancelled by its owner after {ticks_used} of {max_ticks} ticks; no final summary was \
+                 written. The deliverables gathered until then are kept."
+            )
+        };
+        Self {
+            success: false,
+            deliverables,
+            summary,
+            sources,
+            ticks_used,
+        }
+    }
 }
 
 /// A task record as read back from Redis.
@@ -76,6 +112,14 @@ pub struct TaskRecord {
     pub refunded: bool,
     /// Deliveries taken by agents.
     pub attempts: u32,
+    /// What the task consumed so far.
+    pub usage: Usage,
+    /// Whether the owner asked to cancel the task while it ran.
+    pub cancel_requested: bool,
+    /// The owner's active-task set (prefixed key); empty for records written before the cap existed.
+    pub active_key: String,
+    /// The idempotency entry that created the task (prefixed key), if the request carried a key.
+    pub idempotency_key: Option<String>,
 }
 
 /// A stored record could not be read back.
@@ -92,7 +136,7 @@ pub enum RecordError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The status is not one of the five.
+    /// The status is not one of the known ones.
     #[error(transparent)]
     Status(#[from] UnknownStatus),
 }
@@ -110,6 +154,7 @@ impl TaskRecord {
         mandate: &str,
         max_ticks: u32,
         quota_key: &str,
+        active_key: &str,
         now: DateTime<Utc>,
     ) -> Self {
         let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
@@ -126,7 +171,16 @@ impl TaskRecord {
             quota_key: quota_key.to_owned(),
             refunded: false,
             attempts: 0,
+            usage: Usage::default(),
+            cancel_requested: false,
+            active_key: active_key.to_owned(),
+            idempotency_key: None,
         }
+    }
+
+    /// The status the API shows.
+    pub fn shown_status(&self) -> ShownStatus {
+        self.status.shown(self.cancel_requested)
     }
 
     /// The hash fields to write for this record (`result` and `error` only when set).
@@ -142,7 +196,18 @@ impl TaskRecord {
             (field::QUOTA_KEY, self.quota_key.clone()),
             (field::REFUNDED, u8::from(self.refunded).to_string()),
             (field::ATTEMPTS, self.attempts.to_string()),
+            (
+                field::USAGE,
+                serde_json::to_string(&self.usage).expect("a Usage always serialises"),
+            ),
+            (field::ACTIVE_KEY, self.active_key.clone()),
         ];
+        if self.cancel_requested {
+            fields.push((field::CANCEL_REQUESTED, "1".to_owned()));
+        }
+        if let Some(key) = &self.idempotency_key {
+            fields.push((field::IDEMPOTENCY_KEY, key.clone()));
+        }
         if let Some(result) = &self.result {
             let json = serde_json::to_string(result).expect("a TaskResult always serialises");
             fields.push((field::RESULT, json));
@@ -153,7 +218,8 @@ impl TaskRecord {
         fields
     }
 
-    /// Reads a record from the fields of its hash (as `HGETALL` returns them).
+    /// Reads a record from the fields of its hash (as `HGETALL` returns them). Fields it does not know
+    /// (written by a newer release) are ignored.
     ///
     /// # Errors
     /// [`RecordError`] when a required field is missing or malformed.
@@ -191,6 +257,11 @@ impl TaskRecord {
                 field: field::RESULT,
                 reason: e.to_string(),
             })?;
+        // Usage is informational: a malformed value (written by a release that shaped it otherwise) reads
+        // as zero rather than making the whole task unreadable.
+        let usage = optional(field::USAGE)
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default();
         Ok(Self {
             owner: get(field::OWNER)?.to_owned(),
             status: get(field::STATUS)?.parse()?,
@@ -204,13 +275,21 @@ impl TaskRecord {
             quota_key: get(field::QUOTA_KEY)?.to_owned(),
             refunded: fields.get(field::REFUNDED).is_some_and(|v| v == "1"),
             attempts: number(field::ATTEMPTS)?,
+            usage,
+            cancel_requested: fields
+                .get(field::CANCEL_REQUESTED)
+                .is_some_and(|v| v == "1"),
+            active_key: optional(field::ACTIVE_KEY).cloned().unwrap_or_default(),
+            idempotency_key: optional(field::IDEMPOTENCY_KEY).cloned(),
         })
     }
 }
 
-/// The body of a message on `agent.mandates` (SPEC section 4).
+/// The body of a message on `agent.mandates`.
+///
+/// Unknown fields are ignored: during a rolling deploy a newer gateway may add fields that older agents
+/// do not know yet, and their tasks must still run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TaskMessage {
     /// The task id, also the message's `message_id` and `correlation_id`.
     pub correlation_id: Uuid,
@@ -232,7 +311,14 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-11-23T10:00:00.123Z")
             .unwrap()
             .with_timezone(&Utc);
-        TaskRecord::new_pending("user-1", "find things", 7, "quota:user-1:20261123", now)
+        TaskRecord::new_pending(
+            "user-1",
+            "find things",
+            7,
+            "quota:user-1:20261123",
+            "user:user-1:active",
+            now,
+        )
     }
 
     fn as_map(fields: Vec<(&'static str, String)>) -> HashMap<String, String> {
@@ -243,6 +329,9 @@ mod tests {
     fn a_record_round_trips_through_its_hash_fields() {
         let mut record = sample();
         record.status = Status::Completed;
+        record.usage.model_calls = 4;
+        record.cancel_requested = true;
+        record.idempotency_key = Some("idempotency:user-1:k".into());
         record.result = Some(TaskResult {
             success: true,
             deliverables: vec!["d".into()],
@@ -252,6 +341,20 @@ mod tests {
         });
         let back = TaskRecord::from_fields(&as_map(record.to_fields())).unwrap();
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn a_cancelled_result_keeps_what_was_gathered_and_says_when_it_stopped() {
+        let result =
+            TaskResult::cancelled(3, 10, vec!["d".into()], vec!["https://a.example/".into()]);
+        assert!(!result.success);
+        assert_eq!(result.deliverables, vec!["d"]);
+        assert!(result.summary.contains("3 of 10"), "{}", result.summary);
+        assert!(
+            TaskResult::cancelled(0, 10, vec![], vec![])
+                .summary
+                .contains("before its first tick")
+        );
     }
 
     #[test]
@@ -275,9 +378,34 @@ mod tests {
     }
 
     #[test]
-    fn a_message_with_unknown_fields_does_not_parse() {
+    fn a_message_with_fields_from_a_newer_release_still_parses() {
         let json = r#"{"correlation_id":"00000000-0000-0000-0000-000000000000","mandate":"m",
             "max_ticks":1,"owner":"o","created_at":"2026-11-23T10:00:00Z","extra":1}"#;
-        assert!(serde_json::from_str::<TaskMessage>(json).is_err());
+        let message: TaskMessage = serde_json::from_str(json).unwrap();
+        assert_eq!(message.max_ticks, 1);
+    }
+
+    #[test]
+    fn a_record_with_fields_from_a_newer_release_still_reads() {
+        let mut fields = as_map(sample().to_fields());
+        fields.insert("priority".into(), "high".into());
+        fields.insert(
+            field::USAGE.into(),
+            r#"{"model_calls":2,"gpu_seconds":9}"#.into(),
+        );
+        let record = TaskRecord::from_fields(&fields).unwrap();
+        assert_eq!(record.usage.model_calls, 2);
+    }
+
+    #[test]
+    fn a_record_written_before_usage_and_cancel_existed_still_reads() {
+        let mut fields = as_map(sample().to_fields());
+        for name in [field::USAGE, field::ACTIVE_KEY, field::CANCEL_REQUESTED] {
+            fields.remove(name);
+        }
+        let record = TaskRecord::from_fields(&fields).unwrap();
+        assert_eq!(record.usage, Usage::default());
+        assert!(!record.cancel_requested);
+        assert_eq!(record.active_key, "");
     }
 }

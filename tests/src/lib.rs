@@ -7,7 +7,9 @@
 pub mod broker;
 pub mod cleanup;
 pub mod model;
+pub mod proxy;
 pub mod search;
+pub mod sse;
 
 use std::net::SocketAddr;
 use tokio::net::TcpListener;

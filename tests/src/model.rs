@@ -231,8 +231,16 @@ async fn complete(State(state): State<Arc<Mutex<Scripts>>>, Json(body): Json<Val
     }
 }
 
+/// Tokens as the fixture counts them: a word-ish four characters each, so usage is non-zero and grows
+/// with the prompt, as a real model's would.
+fn tokens(text: &str) -> usize {
+    text.chars().count().div_ceil(4)
+}
+
 fn completion(request: &Value, script: &Option<String>, content: &str) -> Response {
     let model = request["model"].as_str().unwrap_or("fixture-model");
+    let prompt_tokens = tokens(&prompt_text(request));
+    let completion_tokens = tokens(content);
     Json(json!({
         "id": format!("chatcmpl-fixture-{}", script.as_deref().unwrap_or("default")),
         "object": "chat.completion",
@@ -243,7 +251,11 @@ fn completion(request: &Value, script: &Option<String>, content: &str) -> Respon
             "message": {"role": "assistant", "content": content},
             "finish_reason": "stop",
         }],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }))
     .into_response()
 }

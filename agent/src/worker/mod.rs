@@ -2,38 +2,44 @@
 //!
 //! [`Worker::try_execute_task`] is the whole life of a delivery, driven step by step in tests:
 //! parse the message (a body that does not parse is rejected to the DLQ), take the task (`accepted`,
-//! counting the attempt; a terminal task is acked without running, a missing record is rejected), run
-//! the [`TaskExecutor`] while heartbeating `in_progress` with the tick, store the terminal status through
-//! the shared atomic transition (refunding unused ticks once), and only then ack.
+//! counting the attempt; a terminal task is acked without running, a deleted one dropped, a missing record
+//! rejected), run the [`TaskExecutor`] while storing each tick with its event and heartbeating `in_progress`
+//! ([`execute`]), store the terminal status through the shared atomic transition (refunding unused ticks
+//! once), and only then ack.
 //!
 //! Deliveries are counted: the quorum queue's `x-delivery-limit` is `MAX_DELIVERIES`, so the broker
 //! delivers a message `MAX_DELIVERIES + 1` times before dead-lettering it. The worker runs a task on at
 //! most `MAX_DELIVERIES` of them and uses the last one to mark the task `failed`, so a task whose worker
 //! keeps dying never stays `in_progress` forever.
 
-use crate::executor::{ExecutionError, TaskContext, TaskExecutor, TickReporter};
+mod delivery;
+mod execute;
+mod in_hand;
+
+pub use delivery::DELIVERY_COUNT_HEADER;
+pub use in_hand::{CANCEL_POLL, InHand, TaskInHand};
+
+use crate::executor::{TaskContext, TaskExecutor, TickFeed, TickReporter};
+use delivery::{Answer, answer, header_string, header_u32};
+use execute::{Ending, RunEnd};
 use lapin::Acker;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::AMQPValue;
 use redis::aio::ConnectionManager;
 use shared::Keys;
 use shared::Status;
+use shared::api::AcceptedEvent;
 use shared::backoff::Backoff;
+use shared::events::{EventKind, NewEvent};
 use shared::queue::REQUEST_ID_HEADER;
 use shared::store::{Outcome, StoreError, Transition, transition};
 use shared::task::{TaskMessage, field};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
-
-/// The header in which quorum queues count earlier deliveries of a message.
-const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// The longest a retryable failure holds its message before giving it back.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
@@ -73,8 +79,12 @@ pub enum Handled {
     Completed,
     /// `failed` was stored with this error; the message was acked.
     Failed(String),
+    /// Its owner cancelled it and `cancelled` was stored; the message was acked.
+    Cancelled,
     /// The task was already terminal (a redelivery, or another worker finished it); acked, not run.
     AlreadyTerminal(Status),
+    /// Its owner deleted it (before or while it ran); acked, and its memory forgotten.
+    Deleted,
     /// The message is poison (unparseable, or no such task): rejected without requeue, to the DLQ.
     Rejected(String),
     /// Given back to the queue (nack with requeue) for this reason.
@@ -82,124 +92,6 @@ pub enum Handled {
     /// A redelivery of a task this worker is running (its channel died meanwhile): the running task
     /// acks this delivery when it ends.
     Adopted,
-}
-
-/// One task this worker holds, as presence and health show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskInHand {
-    /// The task id.
-    pub id: Uuid,
-    /// Ticks reported so far.
-    pub tick: u32,
-}
-
-#[derive(Debug)]
-struct Slot {
-    acker: Acker,
-    tick: watch::Receiver<u32>,
-}
-
-/// The tasks this worker holds, with the delivery each must be acked on.
-#[derive(Debug, Clone)]
-pub struct InHand {
-    slots: Arc<Mutex<HashMap<Uuid, Slot>>>,
-    count: watch::Sender<usize>,
-}
-
-impl Default for InHand {
-    fn default() -> Self {
-        Self {
-            slots: Arc::default(),
-            count: watch::channel(0).0,
-        }
-    }
-}
-
-impl InHand {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Slot>> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// When `id` is running here, answer it on `acker` from now on (the old channel is gone).
-    fn adopt(&self, id: Uuid, acker: &Acker) -> bool {
-        match self.lock().get_mut(&id) {
-            Some(slot) => {
-                slot.acker = acker.clone();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Holds `id`, unless it is held already (then adopts `acker` and answers false).
-    fn claim(&self, id: Uuid, acker: &Acker, tick: watch::Receiver<u32>) -> bool {
-        let mut slots = self.lock();
-        if let Some(slot) = slots.get_mut(&id) {
-            slot.acker = acker.clone();
-            return false;
-        }
-        slots.insert(
-            id,
-            Slot {
-                acker: acker.clone(),
-                tick,
-            },
-        );
-        self.count.send_replace(slots.len());
-        true
-    }
-
-    /// Releases `id`, returning the delivery to answer.
-    fn release(&self, id: Uuid) -> Option<Acker> {
-        let mut slots = self.lock();
-        let slot = slots.remove(&id);
-        self.count.send_replace(slots.len());
-        slot.map(|slot| slot.acker)
-    }
-
-    /// The tasks held now.
-    pub fn snapshot(&self) -> Vec<TaskInHand> {
-        let mut tasks: Vec<_> = self
-            .lock()
-            .iter()
-            .map(|(id, slot)| TaskInHand {
-                id: *id,
-                tick: *slot.tick.borrow(),
-            })
-            .collect();
-        tasks.sort_by_key(|task| task.id);
-        tasks
-    }
-
-    /// How many tasks are held now.
-    pub fn len(&self) -> usize {
-        *self.count.borrow()
-    }
-
-    /// Whether no task is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Watches the number of tasks held.
-    pub fn watch(&self) -> watch::Receiver<usize> {
-        self.count.subscribe()
-    }
-}
-
-/// How a delivery is answered.
-#[derive(Debug, Clone, Copy)]
-enum Answer {
-    Ack,
-    Requeue,
-    DeadLetter,
-}
-
-/// How a task's run ended.
-enum RunEnd {
-    Finished(Result<shared::task::TaskResult, ExecutionError>),
-    GraceExpired,
-    TerminalElsewhere(Status),
 }
 
 /// Takes deliveries and runs them through a [`TaskExecutor`].
@@ -228,6 +120,15 @@ impl<E> Clone for Worker<E> {
     }
 }
 
+enum Taken {
+    Run {
+        attempts: u32,
+        cancel_requested: bool,
+    },
+    Terminal(Status),
+    Missing,
+}
+
 impl<E: TaskExecutor> Worker<E> {
     /// A worker running tasks with `executor`, storing statuses in `redis` under `keys`.
     pub fn new(
@@ -252,6 +153,25 @@ impl<E: TaskExecutor> Worker<E> {
     /// The tasks this worker holds.
     pub fn in_hand(&self) -> &InHand {
         &self.in_hand
+    }
+
+    /// Stops held tasks whose owner asked to cancel them, polling every `period` until `stop` fires.
+    pub async fn watch_cancellations(self, period: Duration, stop: CancellationToken) {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            if let Err(error) = self
+                .in_hand
+                .poll_cancellations(&self.redis, &self.keys)
+                .await
+            {
+                tracing::debug!(%error, "cannot read cancel requests; retrying");
+            }
+        }
     }
 
     /// Handles one delivery to the end: runs the task if it should run, stores its terminal status, then
@@ -297,19 +217,27 @@ impl<E: TaskExecutor> Worker<E> {
                 Err(_) => return self.give_back(&delivery.acker, "the worker is closed").await,
             },
         };
-        let (reporter, ticks) = TickReporter::new();
-        if !self.in_hand.claim(id, &delivery.acker, ticks.clone()) {
+        let (reporter, feed) = TickReporter::new();
+        let cancelled = CancellationToken::new();
+        if !self
+            .in_hand
+            .claim(id, &delivery.acker, feed.tick.clone(), cancelled.clone())
+        {
             return Handled::Adopted;
         }
         let handled = self
-            .run(message, request_id, &delivery, reporter, ticks)
+            .run(message, request_id, &delivery, reporter, feed, cancelled)
             .await;
         let acker = self
             .in_hand
             .release(id)
             .unwrap_or_else(|| delivery.acker.clone());
         let answer_with = match &handled {
-            Handled::Completed | Handled::Failed(_) | Handled::AlreadyTerminal(_) => Answer::Ack,
+            Handled::Completed
+            | Handled::Failed(_)
+            | Handled::Cancelled
+            | Handled::AlreadyTerminal(_)
+            | Handled::Deleted => Answer::Ack,
             Handled::Rejected(_) => Answer::DeadLetter,
             Handled::Requeued(_) | Handled::Adopted => Answer::Requeue,
         };
@@ -330,66 +258,58 @@ impl<E: TaskExecutor> Worker<E> {
         request_id: Option<String>,
         delivery: &Delivery,
         reporter: TickReporter,
-        ticks: watch::Receiver<u32>,
+        feed: TickFeed,
+        cancelled: CancellationToken,
     ) -> Handled {
         let id = message.correlation_id;
-        let attempts = match self.take(id).await {
-            Ok(Taken::Run { attempts }) => attempts,
+        let header_count = header_u32(delivery, DELIVERY_COUNT_HEADER).map(|n| n + 1);
+        let (attempts, cancel_requested) = match self.take(id, header_count.unwrap_or(1)).await {
+            Ok(Taken::Run {
+                attempts,
+                cancel_requested,
+            }) => (attempts, cancel_requested),
             Ok(Taken::Terminal(status)) => {
                 tracing::info!(%status, "the task is already terminal; acked without running");
                 return Handled::AlreadyTerminal(status);
             }
-            Ok(Taken::Missing) => {
-                tracing::warn!("no such task record; the message goes to the dead-letter queue");
-                return Handled::Rejected("the task record does not exist".to_owned());
-            }
+            Ok(Taken::Missing) => return self.missing(id).await,
             Err(error) => {
                 tracing::warn!(%error, "cannot take the task; giving the message back");
                 return Handled::Requeued(format!("cannot take the task: {error}"));
             }
         };
-        let header_count = header_u32(delivery, DELIVERY_COUNT_HEADER).map(|n| n + 1);
+        if cancel_requested {
+            tracing::info!("its owner cancelled the task before it resumed; not running it");
+            return self
+                .end_unrun(id, Ending::Cancelled, message.max_ticks)
+                .await;
+        }
         let delivery_number = attempts.max(header_count.unwrap_or(0));
         let max = self.config.max_deliveries;
         if delivery_number > max {
             let error = format!(
                 "gave up after {max} deliveries: the worker running the task died or gave it back each time"
             );
-            return self.give_up(id, error).await;
+            tracing::warn!(%error, "the task ran out of deliveries");
+            return self
+                .end_unrun(id, Ending::Failed(error), message.max_ticks)
+                .await;
         }
         tracing::info!(delivery = delivery_number, "task taken");
 
+        let owner = message.owner.clone();
+        let max_ticks = message.max_ticks;
         let context = TaskContext {
             id,
             message,
             request_id,
             delivery: delivery_number,
         };
-        let end = self.execute(context, reporter, ticks.clone()).await;
-        let ticks_used = *ticks.borrow();
-        match end {
-            RunEnd::Finished(Ok(result)) => {
-                let json = serde_json::to_string(&result).expect("a TaskResult always serialises");
-                let completed = Transition::to(Status::Completed)
-                    .with(field::RESULT, json)
-                    .with(field::TICK, result.ticks_used.to_string())
-                    .refunding(result.ticks_used);
-                self.finish(id, completed, Handled::Completed).await
-            }
-            RunEnd::Finished(Err(ExecutionError::Fatal(error))) => {
-                tracing::warn!(%error, "the task failed");
-                let failed = Transition::fail(error.clone(), ticks_used)
-                    .with(field::TICK, ticks_used.to_string());
-                self.finish(id, failed, Handled::Failed(error)).await
-            }
-            RunEnd::Finished(Err(ExecutionError::Retryable(error))) if delivery_number >= max => {
-                let error = format!("gave up after {max} deliveries; the last one failed: {error}");
-                tracing::warn!(%error, "the task failed on its last delivery");
-                let failed = Transition::fail(error.clone(), ticks_used)
-                    .with(field::TICK, ticks_used.to_string());
-                self.finish(id, failed, Handled::Failed(error)).await
-            }
-            RunEnd::Finished(Err(ExecutionError::Retryable(error))) => {
+        let ran = self.execute(context, reporter, feed, cancelled).await;
+        match ran.end {
+            RunEnd::Finished(Err(crate::ExecutionError::Retryable(error)))
+                if delivery_number < max =>
+            {
                 let delay = (self.config.retry_delay * delivery_number).min(MAX_RETRY_DELAY);
                 tracing::warn!(%error, ?delay, "the task hit a retryable error; giving the message back");
                 tokio::select! {
@@ -397,6 +317,25 @@ impl<E: TaskExecutor> Worker<E> {
                     () = self.stopping.draining.cancelled() => {}
                 }
                 Handled::Requeued(error)
+            }
+            RunEnd::Finished(Err(crate::ExecutionError::Retryable(error))) => {
+                let error = format!("gave up after {max} deliveries; the last one failed: {error}");
+                tracing::warn!(%error, "the task failed on its last delivery");
+                self.end(id, Ending::Failed(error), &ran.tally, max_ticks)
+                    .await
+            }
+            RunEnd::Finished(Err(crate::ExecutionError::Fatal(error))) => {
+                tracing::warn!(%error, "the task failed");
+                self.end(id, Ending::Failed(error), &ran.tally, max_ticks)
+                    .await
+            }
+            RunEnd::Finished(Ok(result)) => {
+                self.end(id, Ending::Completed(result), &ran.tally, max_ticks)
+                    .await
+            }
+            RunEnd::Cancelled => {
+                tracing::info!(ticks = ran.tally.ticks, "cancelled at its owner's request");
+                self.end(id, Ending::Cancelled, &ran.tally, max_ticks).await
             }
             RunEnd::GraceExpired => {
                 tracing::warn!("the shutdown grace period ran out; giving the message back");
@@ -406,60 +345,20 @@ impl<E: TaskExecutor> Worker<E> {
                 tracing::info!(%status, "another worker finished the task; stopped");
                 Handled::AlreadyTerminal(status)
             }
-        }
-    }
-
-    /// Runs the executor, heartbeating `in_progress` with the tick: at once on the first tick, then every
-    /// status interval.
-    async fn execute(
-        &self,
-        context: TaskContext,
-        reporter: TickReporter,
-        mut ticks: watch::Receiver<u32>,
-    ) -> RunEnd {
-        let id = context.id;
-        let cancel = CancellationToken::new();
-        let _cancel_on_exit = cancel.clone().drop_guard();
-        let run = self.executor.execute(context, reporter, cancel.clone());
-        tokio::pin!(run);
-        let period = self.config.status_interval;
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut started = false;
-        loop {
-            let beat = tokio::select! {
-                biased;
-                result = &mut run => return RunEnd::Finished(result),
-                () = self.stopping.grace_expired.cancelled() => {
-                    cancel.cancel();
-                    return RunEnd::GraceExpired;
-                }
-                Ok(()) = ticks.changed(), if !started => true,
-                _ = heartbeat.tick() => started,
-            };
-            if !beat {
-                continue;
-            }
-            let tick = *ticks.borrow_and_update();
-            started = true;
-            let in_progress =
-                Transition::to(Status::InProgress).with(field::TICK, tick.to_string());
-            match self.store(id, &in_progress).await {
-                Ok(Outcome::Refused { current, .. }) if current.is_terminal() => {
-                    cancel.cancel();
-                    return RunEnd::TerminalElsewhere(current);
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, tick, "heartbeat not stored"),
-            }
+            RunEnd::Deleted => self.deleted(&owner, id).await,
         }
     }
 
     /// Moves the task to `accepted` (or re-takes it when a dead worker left it `in_progress`), counting
-    /// the attempt.
-    async fn take(&self, id: Uuid) -> Result<Taken, StoreError> {
-        let accepted = Transition::to(Status::Accepted).counting_attempt();
-        let retake = Transition::to(Status::InProgress).counting_attempt();
+    /// the attempt and logging an `accepted` event.
+    async fn take(&self, id: Uuid, delivery: u32) -> Result<Taken, StoreError> {
+        let event = NewEvent::new(EventKind::Accepted, &AcceptedEvent { attempt: delivery });
+        let accepted = Transition::to(Status::Accepted)
+            .counting_attempt()
+            .event(event.clone());
+        let retake = Transition::to(Status::InProgress)
+            .counting_attempt()
+            .event(event);
         let deadline = Instant::now() + TAKE_DEADLINE;
         let outcome = self.store_retrying(id, &accepted, Some(deadline)).await?;
         let outcome = match outcome {
@@ -470,51 +369,44 @@ impl<E: TaskExecutor> Worker<E> {
             other => other,
         };
         Ok(match outcome {
-            Outcome::Applied { attempts } => Taken::Run { attempts },
+            Outcome::Applied {
+                attempts,
+                cancel_requested,
+            } => Taken::Run {
+                attempts,
+                cancel_requested,
+            },
             Outcome::Refused { current, .. } => Taken::Terminal(current),
             Outcome::Missing => Taken::Missing,
         })
     }
 
-    /// Marks the task failed without running it, refunding what its earlier runs did not use.
-    async fn give_up(&self, id: Uuid, error: String) -> Handled {
-        tracing::warn!(%error, "the task ran out of deliveries");
+    /// A message whose task has no record: deleted by its owner (a tombstone says so) is dropped; anything
+    /// else is unexplained and goes to the dead-letter queue for an operator.
+    async fn missing(&self, id: Uuid) -> Handled {
         let mut conn = self.redis.clone();
-        let ticks_used: u32 = redis::cmd("HGET")
-            .arg(self.keys.task(id))
-            .arg(field::TICK)
-            .query_async::<Option<u32>>(&mut conn)
+        let deleted: bool = redis::cmd("EXISTS")
+            .arg(self.keys.task_deleted(id))
+            .query_async(&mut conn)
             .await
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        self.finish(
-            id,
-            Transition::fail(error.clone(), ticks_used),
-            Handled::Failed(error),
-        )
-        .await
+            .unwrap_or(false);
+        if deleted {
+            tracing::info!("the task was deleted by its owner; its message is dropped");
+            Handled::Deleted
+        } else {
+            tracing::warn!("no such task record; the message goes to the dead-letter queue");
+            Handled::Rejected("the task record does not exist".to_owned())
+        }
     }
 
-    /// Stores a terminal transition, retrying Redis until it answers or the grace period ends.
-    async fn finish(&self, id: Uuid, terminal: Transition, handled: Handled) -> Handled {
-        let stored = tokio::select! {
-            stored = self.store_retrying(id, &terminal, None) => stored,
-            () = self.stopping.grace_expired.cancelled() => {
-                return Handled::Requeued(
-                    "the terminal status could not be stored before the grace period ran out".into(),
-                );
-            }
-        };
-        match stored {
-            Ok(Outcome::Applied { .. }) => handled,
-            Ok(Outcome::Refused { current, .. }) => Handled::AlreadyTerminal(current),
-            Ok(Outcome::Missing) => {
-                tracing::warn!("the task record vanished while the task ran");
-                Handled::AlreadyTerminal(terminal.to)
-            }
-            Err(error) => Handled::Requeued(format!("cannot store the terminal status: {error}")),
+    /// The task was deleted while it ran: forget its memory here too (the gateway's purge request may
+    /// have been read before this run wrote its last points).
+    async fn deleted(&self, owner: &str, id: Uuid) -> Handled {
+        tracing::info!("the task was deleted while it ran; stopped");
+        if let Err(error) = self.executor.forget(owner, id).await {
+            tracing::warn!(%error, "could not forget the deleted task's memory");
         }
+        Handled::Deleted
     }
 
     /// Applies `change` once.
@@ -553,130 +445,17 @@ impl<E: TaskExecutor> Worker<E> {
             }
         }
     }
-}
 
-enum Taken {
-    Run { attempts: u32 },
-    Terminal(Status),
-    Missing,
-}
-
-/// Answers a delivery; a failure only means the broker will redeliver, which is safe.
-async fn answer(acker: &Acker, how: Answer) {
-    let sent = match how {
-        Answer::Ack => acker.ack(BasicAckOptions::default()).await,
-        Answer::Requeue => {
-            acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-        Answer::DeadLetter => acker.reject(BasicRejectOptions { requeue: false }).await,
-    };
-    match sent {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            answer = ?how,
-            "the delivery's channel is gone; the broker will redeliver the message"
-        ),
-        Err(error) => tracing::warn!(answer = ?how, %error, "cannot answer the delivery"),
-    }
-}
-
-fn header<'a>(delivery: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
-    delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| headers.inner().get(name))
-}
-
-/// A string header (the request id).
-fn header_string(delivery: &Delivery, name: &str) -> Option<String> {
-    match header(delivery, name)? {
-        AMQPValue::LongString(value) => {
-            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
-        }
-        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-/// An integer header (the delivery count), whatever width the broker used.
-fn header_u32(delivery: &Delivery, name: &str) -> Option<u32> {
-    let value: i64 = match header(delivery, name)? {
-        AMQPValue::ShortShortInt(v) => i64::from(*v),
-        AMQPValue::ShortShortUInt(v) => i64::from(*v),
-        AMQPValue::ShortInt(v) => i64::from(*v),
-        AMQPValue::ShortUInt(v) => i64::from(*v),
-        AMQPValue::LongInt(v) => i64::from(*v),
-        AMQPValue::LongUInt(v) => i64::from(*v),
-        AMQPValue::LongLongInt(v) => *v,
-        _ => return None,
-    };
-    u32::try_from(value).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lapin::BasicProperties;
-    use lapin::types::FieldTable;
-
-    fn delivery_with(headers: FieldTable) -> Delivery {
-        let mut delivery = Delivery::mock(1, "".into(), "q".into(), true, Vec::new());
-        delivery.properties = BasicProperties::default().with_headers(headers);
-        delivery
-    }
-
-    #[test]
-    fn the_delivery_count_is_read_whatever_integer_width_the_broker_used() {
-        let mut headers = FieldTable::default();
-        headers.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(3));
-        assert_eq!(
-            header_u32(&delivery_with(headers), DELIVERY_COUNT_HEADER),
-            Some(3)
-        );
-        let mut headers = FieldTable::default();
-        headers.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::ShortUInt(2));
-        assert_eq!(
-            header_u32(&delivery_with(headers), DELIVERY_COUNT_HEADER),
-            Some(2)
-        );
-        assert_eq!(
-            header_u32(&delivery_with(FieldTable::default()), DELIVERY_COUNT_HEADER),
-            None
-        );
-    }
-
-    #[test]
-    fn the_request_id_is_read_from_its_header() {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            REQUEST_ID_HEADER.into(),
-            AMQPValue::LongString("req-7".into()),
-        );
-        assert_eq!(
-            header_string(&delivery_with(headers), REQUEST_ID_HEADER).as_deref(),
-            Some("req-7")
-        );
-    }
-
-    #[test]
-    fn a_redelivery_of_a_held_task_is_adopted_not_held_twice() {
-        let in_hand = InHand::default();
-        let id = Uuid::new_v4();
-        let first = Delivery::mock(1, "".into(), "q".into(), false, Vec::new());
-        let second = Delivery::mock(2, "".into(), "q".into(), true, Vec::new());
-        let (_reporter, ticks) = TickReporter::new();
-        assert!(in_hand.claim(id, &first.acker, ticks.clone()));
-        assert!(in_hand.adopt(id, &second.acker));
-        assert!(!in_hand.claim(id, &second.acker, ticks));
-        assert_eq!(in_hand.len(), 1);
-        assert_eq!(in_hand.release(id), Some(second.acker.clone()));
-        assert!(in_hand.is_empty());
-        assert!(!in_hand.adopt(id, &first.acker));
+    /// Ticks the task's earlier runs used (its stored tick), for a task ended without running it now.
+    async fn stored_tick(&self, id: Uuid) -> u32 {
+        let mut conn = self.redis.clone();
+        redis::cmd("HGET")
+            .arg(self.keys.task(id))
+            .arg(field::TICK)
+            .query_async::<Option<u32>>(&mut conn)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 }

@@ -102,7 +102,9 @@ impl TestEnv {
         let id = Uuid::new_v4();
         let now = Utc::now();
         let quota_key = self.quota_key();
-        let record = TaskRecord::new_pending(OWNER, mandate, max_ticks, &quota_key, now);
+        let active_key = self.keys.user_active(OWNER);
+        let record =
+            TaskRecord::new_pending(OWNER, mandate, max_ticks, &quota_key, &active_key, now);
         let mut conn = self.redis.clone();
         redis::pipe()
             .incr(&quota_key, max_ticks)
@@ -110,6 +112,8 @@ impl TestEnv {
             .expire(&quota_key, 48 * 3600)
             .ignore()
             .hset_multiple(self.keys.task(id), &record.to_fields())
+            .ignore()
+            .zadd(&active_key, id.to_string(), now.timestamp_millis())
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;

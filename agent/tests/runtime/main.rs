@@ -10,6 +10,7 @@ mod app;
 mod disruptive;
 mod helpers;
 mod process;
+mod steer;
 mod store;
 mod sweeper;
 mod web;

@@ -1,6 +1,8 @@
-//! The HTTP routes (SPEC section 2), one file per resource.
+//! The HTTP routes, one file per resource or concern.
 
 pub mod agents;
+pub mod events;
 pub mod health;
 pub mod openapi;
+pub mod steer;
 pub mod tasks;

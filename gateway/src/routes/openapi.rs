@@ -16,12 +16,17 @@ pub struct ErrorResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// A stable code: `invalid_request`, `unauthorized`, `email_not_confirmed`, `quota_exceeded`,
-    /// `not_found`, `unavailable`, `internal`.
+    /// `too_many_active_tasks`, `idempotency_key_reused`, `idempotency_key_in_use`, `not_found`,
+    /// `unavailable`, `internal`.
     pub code: String,
     /// Human-readable text.
     pub message: String,
     /// With `quota_exceeded`: ticks remaining today.
+    #[schema(required = false)]
     pub remaining: Option<u32>,
+    /// With `too_many_active_tasks`: the most queued-or-running tasks allowed.
+    #[schema(required = false)]
+    pub limit: Option<u32>,
 }
 
 struct BearerAuth;
@@ -42,13 +47,24 @@ impl Modify for BearerAuth {
     info(title = "Euglena-rs gateway", description = "Submit mandates to the agent fleet and follow them."),
     paths(
         crate::routes::tasks::create_task,
+        crate::routes::tasks::list_tasks,
         crate::routes::tasks::get_task,
+        crate::routes::steer::cancel_task,
+        crate::routes::steer::delete_task,
+        crate::routes::events::task_events,
         crate::routes::agents::agent_count,
         crate::routes::health::health,
     ),
     components(schemas(
         crate::routes::tasks::CreateTask,
-        crate::routes::tasks::TaskResponse,
+        shared::api::TaskResponse,
+        shared::api::TaskList,
+        shared::api::Usage,
+        shared::api::CreatedEvent,
+        shared::api::AcceptedEvent,
+        shared::api::TickEvent,
+        shared::api::MemoryEvent,
+        shared::api::CancellingEvent,
         crate::routes::agents::AgentCount,
         crate::routes::health::Health,
         ErrorResponse,

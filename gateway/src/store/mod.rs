@@ -1,9 +1,20 @@
-//! The gateway's Redis side: task records, quota charges, live-worker counts.
+//! The gateway's Redis side: task records, quota charges, listing, cancelling, deleting, the event log and
+//! live-worker counts, one file per concern.
 //!
-//! Every operation is one round trip (a Lua script, one command, or one atomic pipeline) and is bounded
-//! by [`OPERATION_TIMEOUT`], so a Redis that is down or restarting turns into a quick 503, never a hang.
+//! Every operation is one round trip (a Lua script, one command, or one atomic pipeline) unless its doc
+//! says otherwise, and is bounded by [`OPERATION_TIMEOUT`], so a Redis that is down or restarting turns
+//! into a quick 503, never a hang.
 
-use crate::quota::{CHARGE_AND_RECORD_LUA, QUOTA_KEY_TTL_SECONDS};
+pub mod create;
+mod events;
+mod list;
+mod steer;
+
+pub use create::{Created, Idempotency, NewTask, ReplayState};
+pub use events::LogStart;
+pub use list::{Cursor, ListPage, ListQuery};
+pub use steer::{CancelOutcome, DeleteOutcome};
+
 use crate::redis_pool::{Manager, Pool};
 use chrono::{DateTime, Utc};
 use deadpool::managed::{PoolConfig, Timeouts};
@@ -13,15 +24,11 @@ use shared::store::{Outcome, Transition, transition};
 use shared::task::TaskRecord;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::LazyLock;
 use std::time::Duration;
 use uuid::Uuid;
 
 /// The longest any single Redis operation may take, connection included.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_millis(800);
-
-static CHARGE_AND_RECORD: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(CHARGE_AND_RECORD_LUA));
 
 /// A Redis operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,23 +51,6 @@ pub enum StoreError {
     /// The script returned something it never returns.
     #[error("unexpected answer from redis: {0}")]
     Unexpected(String),
-}
-
-/// The result of charging the quota and recording a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Charge {
-    /// Charged and recorded; `remaining` ticks are left today.
-    Recorded {
-        /// Ticks left today after this charge.
-        remaining: u32,
-    },
-    /// The charge would pass the limit; nothing was written.
-    QuotaExceeded {
-        /// Ticks left today.
-        remaining: u32,
-    },
-    /// A task with this id already exists; nothing was written.
-    Duplicate,
 }
 
 /// Task records and counts in Redis.
@@ -116,6 +106,11 @@ impl TaskStore {
         &self.keys
     }
 
+    /// How long a finished task's record is kept.
+    pub fn task_ttl_seconds(&self) -> u64 {
+        self.task_ttl_seconds
+    }
+
     async fn bounded<T, F>(&self, operation: F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, StoreError>>,
@@ -143,59 +138,13 @@ impl TaskStore {
         .unwrap_or(false)
     }
 
-    /// Charges `record.max_ticks` to `record.quota_key` against `limit` and writes the record, atomically.
-    ///
-    /// # Errors
-    /// [`StoreError`] when Redis fails; then nothing was charged or everything was.
-    #[tracing::instrument(skip_all, fields(task_id = %id))]
-    pub async fn charge_and_record(
-        &self,
-        id: Uuid,
-        record: &TaskRecord,
-        limit: u32,
-    ) -> Result<Charge, StoreError> {
-        self.bounded(async {
-            let mut conn = self.connection().await?;
-            let mut invocation = CHARGE_AND_RECORD.key(&record.quota_key);
-            invocation
-                .key(self.keys.task(id))
-                .arg(record.max_ticks)
-                .arg(limit)
-                .arg(QUOTA_KEY_TTL_SECONDS);
-            for (name, value) in record.to_fields() {
-                invocation.arg(name).arg(value);
-            }
-            let (code, remaining): (i64, i64) = invocation.invoke_async(&mut *conn).await?;
-            let remaining = u32::try_from(remaining.max(0)).unwrap_or(u32::MAX);
-            match code {
-                1 => Ok(Charge::Recorded { remaining }),
-                0 => Ok(Charge::QuotaExceeded { remaining }),
-                -1 => Ok(Charge::Duplicate),
-                other => Err(StoreError::Unexpected(other.to_string())),
-            }
-        })
-        .await
-    }
-
     /// Marks a task failed with `error`, refunding all its ticks (it never ran).
     ///
     /// # Errors
     /// [`StoreError`] when Redis fails.
     #[tracing::instrument(skip_all, fields(task_id = %id))]
     pub async fn fail_unqueued(&self, id: Uuid, error: &str) -> Result<Outcome, StoreError> {
-        self.bounded(async {
-            let mut conn = self.connection().await?;
-            Ok(transition(
-                &mut *conn,
-                &self.keys,
-                id,
-                &Transition::fail(error, 0),
-                Utc::now(),
-                self.task_ttl_seconds,
-            )
-            .await?)
-        })
-        .await
+        self.apply(id, &Transition::fail(error, 0)).await
     }
 
     /// Reads a task record in one round trip; `None` when there is no such task.
@@ -206,10 +155,36 @@ impl TaskStore {
         self.bounded(async {
             let mut conn = self.connection().await?;
             let fields: HashMap<String, String> = (*conn).hgetall(self.keys.task(id)).await?;
-            if fields.is_empty() {
-                return Ok(None);
-            }
-            Ok(Some(TaskRecord::from_fields(&fields)?))
+            record_of(&fields)
+        })
+        .await
+    }
+
+    /// Reads the record of task `id` if it belongs to `owner`: another user's task is treated exactly
+    /// like a missing one.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails or the record is malformed.
+    pub async fn get_owned(&self, id: Uuid, owner: &str) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self.get(id).await?.filter(|record| record.owner == owner))
+    }
+
+    /// Applies `change` to task `id` (one script).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails.
+    pub async fn apply(&self, id: Uuid, change: &Transition) -> Result<Outcome, StoreError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            Ok(transition(
+                &mut *conn,
+                &self.keys,
+                id,
+                change,
+                Utc::now(),
+                self.task_ttl_seconds,
+            )
+            .await?)
         })
         .await
     }
@@ -239,6 +214,14 @@ impl TaskStore {
         })
         .await
     }
+}
+
+/// A record from the fields `HGETALL` returned; `None` when there were none (no such key).
+fn record_of(fields: &HashMap<String, String>) -> Result<Option<TaskRecord>, StoreError> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(TaskRecord::from_fields(fields)?))
 }
 
 /// Removes credentials from a URL-bearing error message.

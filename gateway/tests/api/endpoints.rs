@@ -44,11 +44,71 @@ async fn the_openapi_document_describes_every_endpoint() {
     let app = spawn_app().await;
     let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
-    for path in ["/tasks", "/tasks/{id}", "/agents/count", "/health"] {
-        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    for (path, method) in [
+        ("/tasks", "post"),
+        ("/tasks", "get"),
+        ("/tasks/{id}", "get"),
+        ("/tasks/{id}", "delete"),
+        ("/tasks/{id}/cancel", "post"),
+        ("/tasks/{id}/events", "get"),
+        ("/agents/count", "get"),
+        ("/health", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is documented"
+        );
     }
-    assert!(doc["paths"]["/tasks"]["post"]["responses"]["429"].is_object());
-    assert!(doc["components"]["schemas"]["TaskResponse"].is_object());
+    let create = &doc["paths"]["/tasks"]["post"];
+    for status in ["202", "409", "413", "422", "429", "503"] {
+        assert!(
+            create["responses"][status].is_object(),
+            "POST /tasks {status}"
+        );
+    }
+    let header_names = |operation: &Value| -> Vec<String> {
+        operation["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["in"] == "header")
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(header_names(create), ["Idempotency-Key"]);
+    assert!(create["responses"]["202"]["headers"]["Idempotent-Replayed"].is_object());
+    let events = &doc["paths"]["/tasks/{id}/events"]["get"];
+    assert_eq!(header_names(events), ["Last-Event-ID"]);
+    assert!(events["responses"]["200"]["content"]["text/event-stream"].is_object());
+    let cancel = &doc["paths"]["/tasks/{id}/cancel"]["post"];
+    for status in ["200", "202", "404"] {
+        assert!(cancel["responses"][status].is_object(), "cancel {status}");
+    }
+    assert!(doc["paths"]["/tasks/{id}"]["delete"]["responses"]["204"].is_object());
+    let list_params: Vec<_> = doc["paths"]["/tasks"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(list_params, ["limit", "after", "status"]);
+    let schemas = &doc["components"]["schemas"];
+    for schema in [
+        "TaskResponse",
+        "TaskList",
+        "Usage",
+        "TickEvent",
+        "MemoryEvent",
+        "CreatedEvent",
+        "AcceptedEvent",
+        "CancellingEvent",
+    ] {
+        assert!(schemas[schema].is_object(), "{schema} is described");
+    }
+    let statuses = schemas["ShownStatus"]["enum"].to_string();
+    for status in ["cancelling", "cancelled"] {
+        assert!(statuses.contains(status), "{statuses}");
+    }
 }
 
 #[tokio::test]

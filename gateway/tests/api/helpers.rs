@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::routing::get;
+use euglena_tests::sse::{self, EventStream};
 use gateway::{Application, Settings};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -11,6 +12,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use shared::Keys;
+use shared::store::{Outcome, Transition, transition};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -164,6 +166,57 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     }
 }
 
+/// What an agent writes for tick `tick` of a task: `in_progress`, the tick, and its `tick` event.
+pub fn agent_tick(tick: u32, action: &str) -> Transition {
+    let event = shared::api::TickEvent {
+        tick,
+        action: action.to_owned(),
+        param: format!("param {tick}"),
+        observation: format!("saw {tick}"),
+        model_ms: 5,
+        tokens_in: 10,
+        tokens_out: 2,
+        usage: shared::api::Usage {
+            model_calls: tick,
+            ..shared::api::Usage::default()
+        },
+    };
+    Transition::to(shared::Status::InProgress)
+        .with(shared::task::field::TICK, tick.to_string())
+        .event(shared::events::NewEvent::new(
+            shared::events::EventKind::Tick,
+            &event,
+        ))
+}
+
+/// What an agent writes when it takes a task.
+pub fn agent_accepts() -> Transition {
+    Transition::to(shared::Status::Accepted)
+        .counting_attempt()
+        .event(shared::events::NewEvent::new(
+            shared::events::EventKind::Accepted,
+            &shared::api::AcceptedEvent { attempt: 1 },
+        ))
+}
+
+/// What an agent writes when a task completes after `ticks` ticks.
+pub fn agent_completes(ticks: u32) -> Transition {
+    let result = shared::task::TaskResult {
+        success: true,
+        deliverables: vec!["the deliverable".into()],
+        summary: "done".into(),
+        sources: vec!["https://example.org/".into()],
+        ticks_used: ticks,
+    };
+    Transition::to(shared::Status::Completed)
+        .with(
+            shared::task::field::RESULT,
+            serde_json::to_string(&result).unwrap(),
+        )
+        .with(shared::task::field::TICK, ticks.to_string())
+        .refunding(ticks)
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
@@ -226,6 +279,67 @@ impl TestApp {
             .expect("the gateway answers")
     }
 
+    /// Creates a task for `sub` (202 expected) and returns its id.
+    pub async fn create(&self, sub: &str, max_ticks: u32) -> String {
+        let response = self
+            .post_task(
+                Some(&self.token(sub)),
+                &json!({"mandate": format!("task of {sub}"), "max_ticks": max_ticks}),
+            )
+            .await;
+        assert_eq!(response.status(), 202, "{:?}", response.text().await);
+        let body: Value = response.json().await.unwrap();
+        body["correlation_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Applies `change` to task `id` as an agent would (through the shared transition).
+    pub async fn as_agent(&self, id: &str, change: &Transition) -> Outcome {
+        transition(
+            &mut self.redis.clone(),
+            &self.keys,
+            id.parse().unwrap(),
+            change,
+            chrono::Utc::now(),
+            600,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Opens task `id`'s event stream as `sub`.
+    pub async fn events(
+        &self,
+        sub: &str,
+        id: &str,
+        last_event_id: Option<&str>,
+    ) -> (reqwest::StatusCode, Option<EventStream>) {
+        sse::open(
+            &self.client,
+            &format!("{}/tasks/{id}/events", self.address),
+            &self.token(sub),
+            last_event_id,
+        )
+        .await
+    }
+
+    /// Sends `method path` as `sub`, with an optional JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        sub: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(self.token(sub));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.expect("the gateway answers")
+    }
+
     /// The stored fields of a task, straight from Redis.
     pub async fn stored(&self, id: &str) -> HashMap<String, String> {
         let id: Uuid = id.parse().unwrap();
@@ -257,6 +371,17 @@ impl TestApp {
             .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
             .await
             .unwrap();
+    }
+
+    /// The ids of the task records under this test's prefix (not their event logs or other keys).
+    pub async fn task_ids(&self) -> Vec<String> {
+        let records = format!("{}task:", self.keys.prefix());
+        self.redis_keys()
+            .await
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&records).map(str::to_owned))
+            .filter(|rest| rest.parse::<Uuid>().is_ok())
+            .collect()
     }
 
     /// Every key under this test's prefix.

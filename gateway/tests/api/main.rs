@@ -5,7 +5,9 @@
 mod auth;
 mod disruptive;
 mod endpoints;
+mod follow;
 mod helpers;
 mod outages;
 mod quota;
+mod steer;
 mod tasks;

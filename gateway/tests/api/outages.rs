@@ -2,94 +2,9 @@
 //! TCP proxy the test can cut and restore.
 
 use crate::helpers::{TestApp, eventually, spawn_app, spawn_app_with};
+use euglena_tests::proxy::Proxy;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-
-/// A loopback TCP proxy to `target` that can be cut (closing every connection) and restored on the
-/// same port, or stalled (connections stay open, but no byte goes through until it is resumed).
-struct Proxy {
-    address: SocketAddr,
-    target: SocketAddr,
-    running: CancellationToken,
-    stalled: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(target: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let proxy = Self {
-            address,
-            target: target.parse().unwrap(),
-            running: CancellationToken::new(),
-            stalled: watch::channel(false).0,
-        };
-        proxy.serve(listener);
-        proxy
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let (target, running, stalled) = (self.target, self.running.clone(), self.stalled.clone());
-        tokio::spawn(async move {
-            loop {
-                let (inbound, _) = tokio::select! {
-                    () = running.cancelled() => return,
-                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => return },
-                };
-                let (running, stalled) = (running.clone(), stalled.clone());
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (from_client, to_client) = inbound.into_split();
-                    let (from_server, to_server) = outbound.into_split();
-                    tokio::select! {
-                        () = running.cancelled() => {}
-                        () = pipe(from_client, to_server, stalled.subscribe()) => {}
-                        () = pipe(from_server, to_client, stalled.subscribe()) => {}
-                    }
-                });
-            }
-        });
-    }
-
-    fn cut(&mut self) {
-        self.running.cancel();
-    }
-
-    async fn restore(&mut self) {
-        self.running = CancellationToken::new();
-        let listener = TcpListener::bind(self.address).await.unwrap();
-        self.serve(listener);
-    }
-
-    fn stall(&self) {
-        self.stalled.send_replace(true);
-    }
-}
-
-/// Copies bytes from `from` to `to`, holding them while `stalled` says so.
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut stalled: watch::Receiver<bool>) {
-    let mut buffer = vec![0; 16 * 1024];
-    loop {
-        let read = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => read,
-        };
-        if stalled.wait_for(|stalled| !stalled).await.is_err() {
-            return;
-        }
-        if to.write_all(&buffer[..read]).await.is_err() {
-            return;
-        }
-    }
-}
 
 async fn post(app: &TestApp, sub: &str) -> (u16, Value, Duration) {
     let started = Instant::now();
@@ -112,15 +27,9 @@ async fn a_publish_to_a_missing_queue_is_503_the_task_failed_and_the_quota_refun
 
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "unavailable");
-    let tasks: Vec<String> = app
-        .redis_keys()
-        .await
-        .into_iter()
-        .filter(|k| k.contains(":task:"))
-        .collect();
+    let tasks = app.task_ids().await;
     assert_eq!(tasks.len(), 1);
-    let id = tasks[0].rsplit(':').next().unwrap();
-    let stored = app.stored(id).await;
+    let stored = app.stored(&tasks[0]).await;
     assert_eq!(stored["status"], "failed");
     assert!(
         stored["error"].contains("could not be queued"),
@@ -138,7 +47,7 @@ async fn a_publish_to_a_missing_queue_is_503_the_task_failed_and_the_quota_refun
 #[tokio::test]
 async fn while_the_broker_is_unreachable_posts_fail_fast_and_recover_when_it_returns() {
     let mut proxy = Proxy::start("127.0.0.1:5672").await;
-    let url = format!("amqp://guest:guest@{}/%2f", proxy.address);
+    let url = format!("amqp://guest:guest@{}/%2f", proxy.address());
     let app = spawn_app_with(&[("RABBITMQ_URL", &url)]).await;
     assert_eq!(post(&app, "alice").await.0, 202);
 
@@ -158,13 +67,7 @@ async fn while_the_broker_is_unreachable_posts_fail_fast_and_recover_when_it_ret
         5,
         "the failed task's ticks were refunded"
     );
-    let failed = app
-        .redis_keys()
-        .await
-        .into_iter()
-        .filter(|k| k.contains(":task:"))
-        .count();
-    assert_eq!(failed, 2);
+    assert_eq!(app.task_ids().await.len(), 2);
 
     proxy.restore().await;
     let recovered = eventually(Duration::from_secs(15), || async {
@@ -178,7 +81,7 @@ async fn while_the_broker_is_unreachable_posts_fail_fast_and_recover_when_it_ret
 #[tokio::test]
 async fn while_redis_is_unreachable_the_gateway_answers_fast_and_recovers_when_it_returns() {
     let mut proxy = Proxy::start("127.0.0.1:6379").await;
-    let url = format!("redis://{}/0", proxy.address);
+    let url = format!("redis://{}/0", proxy.address());
     let app = spawn_app_with(&[("REDIS_URL", &url)]).await;
     let token = app.token("alice");
     assert_eq!(post(&app, "alice").await.0, 202);
@@ -214,9 +117,7 @@ async fn while_redis_is_unreachable_the_gateway_answers_fast_and_recovers_when_i
 /// The id of the one task this test's gateway recorded, once it is recorded.
 async fn the_task(app: &TestApp) -> String {
     eventually(Duration::from_secs(5), || async {
-        let keys = app.redis_keys().await;
-        let task = keys.iter().find(|k| k.contains(":task:"))?;
-        Some(task.rsplit(':').next().unwrap().to_owned())
+        app.task_ids().await.into_iter().next()
     })
     .await
     .expect("the task is recorded")
@@ -242,7 +143,7 @@ async fn ends_failed_and_refunded(app: &TestApp, id: &str, within: Duration) {
 #[tokio::test]
 async fn a_client_that_gives_up_while_its_task_is_being_queued_still_gets_it_failed_and_refunded() {
     let proxy = Proxy::start("127.0.0.1:5672").await;
-    let url = format!("amqp://guest:guest@{}/%2f", proxy.address);
+    let url = format!("amqp://guest:guest@{}/%2f", proxy.address());
     let app = spawn_app_with(&[
         ("RABBITMQ_URL", &url),
         ("PUBLISH_CONFIRM_TIMEOUT_MS", "1000"),
@@ -273,9 +174,9 @@ async fn a_task_that_cannot_be_queued_while_redis_is_away_too_ends_failed_once_r
     let app = spawn_app_with(&[
         (
             "RABBITMQ_URL",
-            &format!("amqp://guest:guest@{}/%2f", broker.address),
+            &format!("amqp://guest:guest@{}/%2f", broker.address()),
         ),
-        ("REDIS_URL", &format!("redis://{}/0", redis.address)),
+        ("REDIS_URL", &format!("redis://{}/0", redis.address())),
         ("PUBLISH_CONFIRM_TIMEOUT_MS", "1500"),
     ])
     .await;

@@ -21,13 +21,11 @@ async fn fifty_concurrent_posts_against_a_limit_that_fits_ten_accept_exactly_ten
         queued += 1;
     }
     assert_eq!(queued, 10, "one message per accepted task");
-    let tasks = app
-        .redis_keys()
-        .await
-        .into_iter()
-        .filter(|k| k.contains(":task:"))
-        .count();
-    assert_eq!(tasks, 10, "no record for a refused task");
+    assert_eq!(
+        app.task_ids().await.len(),
+        10,
+        "no record for a refused task"
+    );
 }
 
 #[tokio::test]

@@ -153,7 +153,8 @@ impl Fleet {
                 .json()
                 .await
                 .unwrap();
-            if body["status"] == "completed" || body["status"] == "failed" {
+            if ["completed", "failed", "cancelled"].contains(&body["status"].as_str().unwrap_or(""))
+            {
                 return body;
             }
             assert!(
@@ -163,6 +164,37 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Opens task `id`'s event stream as `sub`.
+    pub async fn events(
+        &self,
+        sub: &str,
+        id: &str,
+        last_event_id: Option<&str>,
+    ) -> euglena_tests::sse::EventStream {
+        let (status, stream) = euglena_tests::sse::open(
+            &self.client,
+            &format!("{}/tasks/{id}/events", self.gateway),
+            &self.token(sub),
+            last_event_id,
+        )
+        .await;
+        assert_eq!(status, 200);
+        stream.expect("a stream")
+    }
+
+    /// Sends `method path` as `sub` and returns the status and the JSON body (null when there is none).
+    pub async fn call(&self, method: reqwest::Method, sub: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.gateway))
+            .bearer_auth(self.token(sub))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Whether the agent is still running (it never crashes on a bad model).

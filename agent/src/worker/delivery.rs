@@ -1,0 +1,125 @@
+//! Answering a delivery (ack, requeue, dead-letter) and reading its headers.
+
+use lapin::Acker;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::AMQPValue;
+
+/// The header in which quorum queues count earlier deliveries of a message.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// How a delivery is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Done with: the broker forgets the message.
+    Ack,
+    /// Given back to the queue.
+    Requeue,
+    /// Rejected without requeue: the broker dead-letters it.
+    DeadLetter,
+}
+
+/// Answers a delivery; a failure only means the broker will redeliver, which is safe.
+pub async fn answer(acker: &Acker, how: Answer) {
+    let sent = match how {
+        Answer::Ack => acker.ack(BasicAckOptions::default()).await,
+        Answer::Requeue => {
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
+        Answer::DeadLetter => acker.reject(BasicRejectOptions { requeue: false }).await,
+    };
+    match sent {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            answer = ?how,
+            "the delivery's channel is gone; the broker will redeliver the message"
+        ),
+        Err(error) => tracing::warn!(answer = ?how, %error, "cannot answer the delivery"),
+    }
+}
+
+fn header<'a>(delivery: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(name))
+}
+
+/// A string header (the request id).
+pub fn header_string(delivery: &Delivery, name: &str) -> Option<String> {
+    match header(delivery, name)? {
+        AMQPValue::LongString(value) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// An integer header (the delivery count), whatever width the broker used.
+pub fn header_u32(delivery: &Delivery, name: &str) -> Option<u32> {
+    let value: i64 = match header(delivery, name)? {
+        AMQPValue::ShortShortInt(v) => i64::from(*v),
+        AMQPValue::ShortShortUInt(v) => i64::from(*v),
+        AMQPValue::ShortInt(v) => i64::from(*v),
+        AMQPValue::ShortUInt(v) => i64::from(*v),
+        AMQPValue::LongInt(v) => i64::from(*v),
+        AMQPValue::LongUInt(v) => i64::from(*v),
+        AMQPValue::LongLongInt(v) => *v,
+        _ => return None,
+    };
+    u32::try_from(value).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::BasicProperties;
+    use lapin::types::FieldTable;
+    use shared::queue::REQUEST_ID_HEADER;
+
+    fn delivery_with(headers: FieldTable) -> Delivery {
+        let mut delivery = Delivery::mock(1, "".into(), "q".into(), true, Vec::new());
+        delivery.properties = BasicProperties::default().with_headers(headers);
+        delivery
+    }
+
+    #[test]
+    fn the_delivery_count_is_read_whatever_integer_width_the_broker_used() {
+        let mut headers = FieldTable::default();
+        headers.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(3));
+        assert_eq!(
+            header_u32(&delivery_with(headers), DELIVERY_COUNT_HEADER),
+            Some(3)
+        );
+        let mut headers = FieldTable::default();
+        headers.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::ShortUInt(2));
+        assert_eq!(
+            header_u32(&delivery_with(headers), DELIVERY_COUNT_HEADER),
+            Some(2)
+        );
+        assert_eq!(
+            header_u32(&delivery_with(FieldTable::default()), DELIVERY_COUNT_HEADER),
+            None
+        );
+    }
+
+    #[test]
+    fn the_request_id_is_read_from_its_header() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            REQUEST_ID_HEADER.into(),
+            AMQPValue::LongString("req-7".into()),
+        );
+        assert_eq!(
+            header_string(&delivery_with(headers), REQUEST_ID_HEADER).as_deref(),
+            Some("req-7")
+        );
+    }
+}
