@@ -1,59 +1,29 @@
-//! Presence: the worker's heartbeat in `workers:status` and `worker:status:{id}` (SPEC section 3).
-//!
-//! Each beat is one pipelined round trip: `ZADD workers:status <unix ms> <id>` and
-//! `SET worker:status:{id} <json> EX WORKER_TTL_SECONDS`. A killed worker stops beating, so its score
-//! goes stale and its record expires within `WORKER_TTL_SECONDS`; a clean shutdown removes both at once.
+//! Presence: the worker's heartbeat in `workers:status` and `worker:status:{id}` (the record's shape and
+//! how it is read are in [`shared::presence`]).
 
 use crate::worker::{InHand, TaskInHand};
 use chrono::Utc;
 use redis::aio::ConnectionManager;
-use serde::Serialize;
 use shared::Keys;
+use shared::presence::{PresenceRecord, WorkerState};
 use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-/// A worker's state as `worker:status:{id}` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerState {
-    /// Holds no task.
-    Free,
-    /// Holds at least one task.
-    Working,
-}
-
-/// The JSON stored in `worker:status:{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PresenceRecord {
-    /// The worker id.
-    pub worker_id: String,
-    /// Free or working.
-    pub state: WorkerState,
-    /// The task being worked on (the first, when several are).
-    pub correlation_id: Option<Uuid>,
-    /// Its tick.
-    pub tick: Option<u32>,
-    /// RFC 3339 time of this beat.
-    pub updated_at: String,
-}
-
-impl PresenceRecord {
-    /// The record for `worker_id` holding `tasks`.
-    pub fn new(worker_id: &str, tasks: &[TaskInHand]) -> Self {
-        let first = tasks.first();
-        Self {
-            worker_id: worker_id.to_owned(),
-            state: if first.is_some() {
-                WorkerState::Working
-            } else {
-                WorkerState::Free
-            },
-            correlation_id: first.map(|task| task.id),
-            tick: first.map(|task| task.tick),
-            updated_at: shared::task::rfc3339(Utc::now()),
-        }
+/// This worker's record, holding `tasks`.
+pub fn record(worker_id: &str, tasks: &[TaskInHand]) -> PresenceRecord {
+    let first = tasks.first();
+    PresenceRecord {
+        worker_id: worker_id.to_owned(),
+        state: if first.is_some() {
+            WorkerState::Working
+        } else {
+            WorkerState::Free
+        },
+        correlation_id: first.map(|task| task.id),
+        tick: first.map(|task| task.tick),
+        tasks: Some(u32::try_from(tasks.len()).unwrap_or(u32::MAX)),
+        updated_at: shared::task::rfc3339(Utc::now()),
     }
 }
 
@@ -82,7 +52,7 @@ impl Presence {
     /// # Errors
     /// When Redis fails; the next beat tries again.
     pub async fn beat(&self, tasks: &[TaskInHand]) -> Result<(), redis::RedisError> {
-        let record = PresenceRecord::new(&self.worker_id, tasks);
+        let record = record(&self.worker_id, tasks);
         let json = serde_json::to_string(&record).expect("a presence record always serialises");
         let mut conn = self.redis.clone();
         redis::pipe()
@@ -138,14 +108,17 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     #[test]
     fn a_worker_without_tasks_is_free_and_one_with_tasks_is_working() {
-        let free = PresenceRecord::new("w-1", &[]);
+        let free = record("w-1", &[]);
         assert_eq!(free.state, WorkerState::Free);
         assert_eq!(free.correlation_id, None);
+        assert_eq!(free.tasks_held(), 0);
         let id = Uuid::new_v4();
-        let working = PresenceRecord::new("w-1", &[TaskInHand { id, tick: 4 }]);
+        let working = record("w-1", &[TaskInHand { id, tick: 4 }]);
+        assert_eq!(working.tasks_held(), 1);
         let json = serde_json::to_value(&working).unwrap();
         assert_eq!(json["state"], "working");
         assert_eq!(json["correlation_id"], id.to_string());

@@ -3,6 +3,7 @@
 //! follow it live, cancel it, list and delete it (`docs/api.md`).
 
 pub mod auth;
+pub mod dashboard;
 pub mod enqueue;
 pub mod error;
 pub mod extract;

@@ -57,8 +57,26 @@ pub struct ConnectError {
 }
 
 struct Shared {
+    /// The channel messages are published on (confirm mode).
     channel: RwLock<Option<Channel>>,
+    /// A channel for reading the queue's depth (a passive declare), kept apart from publishing.
+    status: RwLock<Option<Channel>>,
     lost: Notify,
+}
+
+fn read(lock: &RwLock<Option<Channel>>) -> Option<Channel> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+fn replace(lock: &RwLock<Option<Channel>>, channel: Option<Channel>) -> Option<Channel> {
+    std::mem::replace(
+        &mut *lock
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        channel,
+    )
 }
 
 /// Publishes task messages; cheap to clone.
@@ -93,7 +111,7 @@ impl Publisher {
     ) -> Result<Self, ConnectError> {
         let started = tokio::time::Instant::now();
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-        let (connection, channel) = loop {
+        let (connection, channel, status) = loop {
             let result = open(&url, &topology).await;
             let delay = backoff.next_delay();
             match result {
@@ -113,6 +131,7 @@ impl Publisher {
         tracing::info!(queue = %topology.queue, "connected to RabbitMQ");
         let shared = Arc::new(Shared {
             channel: RwLock::new(Some(channel)),
+            status: RwLock::new(Some(status)),
             lost: Notify::new(),
         });
         tokio::spawn(supervise(
@@ -135,11 +154,34 @@ impl Publisher {
     }
 
     fn current(&self) -> Option<Channel> {
-        self.shared
-            .channel
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        read(&self.shared.channel)
+    }
+
+    /// Messages ready in the task queue (a passive declare on a channel of its own), within 2 s.
+    ///
+    /// # Errors
+    /// [`PublishError::Unavailable`] without a connection; the broker's error otherwise (a missing queue
+    /// closes the status channel, and the supervisor reconnects and declares it again).
+    pub async fn queue_depth(&self) -> Result<u32, PublishError> {
+        let channel = read(&self.shared.status)
+            .filter(|c| c.status().connected())
+            .ok_or(PublishError::Unavailable)?;
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..lapin::options::QueueDeclareOptions::default()
+        };
+        let declared = tokio::time::timeout(
+            Duration::from_secs(2),
+            channel.queue_declare(
+                self.topology.queue.as_str().into(),
+                passive,
+                lapin::types::FieldTable::default(),
+            ),
+        )
+        .await
+        .map_err(|_| PublishError::Timeout(Duration::from_secs(2)))?
+        .inspect_err(|_| self.shared.lost.notify_one())?;
+        Ok(declared.message_count())
     }
 
     /// Publishes `message` and waits for the broker's confirm.
@@ -175,7 +217,10 @@ impl Publisher {
     }
 }
 
-async fn open(url: &SecretString, topology: &Topology) -> Result<(Connection, Channel), String> {
+async fn open(
+    url: &SecretString,
+    topology: &Topology,
+) -> Result<(Connection, Channel, Channel), String> {
     let attempt = async {
         let connection = Connection::connect(
             url.expose_secret(),
@@ -187,7 +232,8 @@ async fn open(url: &SecretString, topology: &Topology) -> Result<(Connection, Ch
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok::<_, lapin::Error>((connection, channel))
+        let status = connection.create_channel().await?;
+        Ok::<_, lapin::Error>((connection, channel, status))
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Ok(Ok(opened)) => Ok(opened),
@@ -206,26 +252,20 @@ async fn supervise(
     loop {
         // Watch the live connection until it drops or we are told to stop.
         loop {
-            let channel_up = shared
-                .channel
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .as_ref()
-                .is_some_and(|c| c.status().connected());
+            let channel_up = [&shared.channel, &shared.status]
+                .into_iter()
+                .all(|lock| read(lock).is_some_and(|c| c.status().connected()));
             if !connection.status().connected() || !channel_up {
                 break;
             }
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    let channel = shared
-                        .channel
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .take();
-                    // The channel before its connection: closing a connection under an open channel
+                    // The channels before their connection: closing a connection under an open channel
                     // makes lapin log an error for a clean shutdown.
-                    if let Some(channel) = channel {
-                        let _ = channel.close(200, "gateway shutting down".into()).await;
+                    for lock in [&shared.channel, &shared.status] {
+                        if let Some(channel) = replace(lock, None) {
+                            let _ = channel.close(200, "gateway shutting down".into()).await;
+                        }
                     }
                     let _ = connection.close(200, "gateway shutting down".into()).await;
                     return;
@@ -235,10 +275,8 @@ async fn supervise(
             }
         }
         tracing::warn!("lost the RabbitMQ connection; reconnecting");
-        *shared
-            .channel
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        replace(&shared.channel, None);
+        replace(&shared.status, None);
         let _ = connection.close(200, "reconnecting".into()).await;
 
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
@@ -247,12 +285,10 @@ async fn supervise(
                 return;
             }
             match open(&url, &topology).await {
-                Ok((new_connection, channel)) => {
+                Ok((new_connection, channel, status)) => {
                     connection = new_connection;
-                    *shared
-                        .channel
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(channel);
+                    replace(&shared.channel, Some(channel));
+                    replace(&shared.status, Some(status));
                     tracing::info!("reconnected to RabbitMQ");
                     break;
                 }

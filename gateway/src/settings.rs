@@ -23,6 +23,9 @@ pub struct Settings {
     pub max_mandate_chars: usize,
     /// `MAX_ACTIVE_TASKS_PER_USER`: queued-or-running tasks one user may have (default 20).
     pub max_active_tasks_per_user: u32,
+    /// `SUPABASE_ANON_KEY`: Supabase's public key for browsers; with `SUPABASE_URL`, the dashboard offers
+    /// sign-in by email and password. Public by design, but never logged.
+    pub supabase_anon_key: Option<String>,
     /// `CORS_ORIGINS`: comma-separated allowed origins; empty allows none, `*` allows any.
     pub cors_origins: Vec<String>,
     /// `REQUEST_TIMEOUT_SECONDS`: the longest a request may take (default 10).
@@ -123,6 +126,7 @@ impl Settings {
             max_ticks_per_task: r.ranged("MAX_TICKS_PER_TASK", 100, 1, 100_000)?,
             max_mandate_chars: r.ranged("MAX_MANDATE_CHARS", 8000, 1, 1_000_000)?,
             max_active_tasks_per_user: r.ranged("MAX_ACTIVE_TASKS_PER_USER", 20, 1, 1_000_000)?,
+            supabase_anon_key: r.optional("SUPABASE_ANON_KEY"),
             cors_origins,
             request_timeout: Duration::from_secs(r.ranged(
                 "REQUEST_TIMEOUT_SECONDS",

@@ -121,6 +121,7 @@ impl Application {
             enqueuer: enqueuer.clone(),
             hub,
             draining: draining.clone(),
+            figures: Default::default(),
         });
         Ok(Self {
             listener,
@@ -203,7 +204,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/tasks/{id}/cancel", post(routes::steer::cancel_task))
         .route("/tasks/{id}/events", get(routes::events::task_events))
+        .route("/queue", get(routes::queue::queue))
         .route("/agents/count", get(routes::agents::agent_count))
+        .route("/", get(crate::dashboard::index))
+        .route("/assets/{version}/{*path}", get(crate::dashboard::asset))
+        .route("/dashboard/config.json", get(crate::dashboard::config))
         .route("/health", get(routes::health::health))
         .route("/openapi.json", get(routes::openapi::openapi))
         .fallback(|| async { ApiError::NoRoute(StatusCode::NOT_FOUND) })

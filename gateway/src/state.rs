@@ -32,6 +32,8 @@ pub struct Inner {
     pub hub: Hub,
     /// Fired when the gateway starts shutting down: event streams end so connections can drain.
     pub draining: CancellationToken,
+    /// The fleet's figures of `GET /queue`, shared for a second.
+    pub figures: crate::routes::queue::FiguresCache,
 }
 
 impl AppState {

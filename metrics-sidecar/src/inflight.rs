@@ -1,9 +1,9 @@
 //! In-flight deliveries: tasks a worker holds and has not acknowledged yet.
 //!
 //! With `RABBITMQ_MANAGEMENT_URL` set, the management API's `messages_unacknowledged` for the queue (its
-//! figures lag the broker by about 5 s). Without it, the agents' presence records in Redis: live members of
-//! `workers:status` (stale ones pruned, as SPEC section 3 asks of whoever counts) whose
-//! `worker:status:{id}` says `"state": "working"`.
+//! figures lag the broker by about 5 s). Without it, the agents' presence records in Redis: the tasks held
+//! by the live members of `workers:status` (stale ones pruned by whoever counts), as
+//! [`shared::presence::read_fleet`] reads them.
 
 use crate::settings::Management;
 use redis::aio::MultiplexedConnection;
@@ -57,7 +57,7 @@ impl InFlightSource {
     pub async fn count(&mut self) -> Result<u64, InFlightError> {
         match self {
             InFlightSource::Management(client) => client.unacknowledged().await,
-            InFlightSource::Presence(reader) => reader.working().await,
+            InFlightSource::Presence(reader) => reader.tasks_held().await,
         }
     }
 }
@@ -114,18 +114,13 @@ impl ManagementClient {
     }
 }
 
-/// Counts working agents from their presence records.
+/// Counts the tasks agents hold, from their presence records.
 #[derive(Debug)]
 pub struct PresenceReader {
     client: redis::Client,
     connection: Option<MultiplexedConnection>,
     keys: Keys,
     worker_ttl: Duration,
-}
-
-#[derive(Debug, Deserialize)]
-struct WorkerPresence {
-    state: String,
 }
 
 impl PresenceReader {
@@ -146,12 +141,12 @@ impl PresenceReader {
         })
     }
 
-    /// Live workers whose state is `working`.
+    /// Tasks the live agents hold.
     ///
     /// # Errors
     /// [`InFlightError::Redis`] or [`InFlightError::Timeout`]; the connection is reopened next time.
-    pub async fn working(&mut self) -> Result<u64, InFlightError> {
-        let result = tokio::time::timeout(CALL_TIMEOUT, self.try_working())
+    pub async fn tasks_held(&mut self) -> Result<u64, InFlightError> {
+        let result = tokio::time::timeout(CALL_TIMEOUT, self.try_tasks_held())
             .await
             .unwrap_or(Err(InFlightError::Timeout(CALL_TIMEOUT)));
         if result.is_err() {
@@ -160,7 +155,7 @@ impl PresenceReader {
         result
     }
 
-    async fn try_working(&mut self) -> Result<u64, InFlightError> {
+    async fn try_tasks_held(&mut self) -> Result<u64, InFlightError> {
         let mut connection = match &self.connection {
             Some(connection) => connection.clone(),
             None => {
@@ -173,55 +168,14 @@ impl PresenceReader {
                 connection
             }
         };
-        let set = self.keys.workers_status();
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let oldest_live =
-            now_ms - i64::try_from(self.worker_ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        let (live,): (Vec<String>,) = redis::pipe()
-            .atomic()
-            .zrembyscore(&set, "-inf", format!("({oldest_live}"))
-            .ignore()
-            .zrangebyscore(&set, oldest_live, "+inf")
-            .query_async(&mut connection)
-            .await
-            .map_err(InFlightError::Redis)?;
-        if live.is_empty() {
-            return Ok(0);
-        }
-        let keys: Vec<String> = live.iter().map(|id| self.keys.worker_status(id)).collect();
-        let records: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut connection)
-            .await
-            .map_err(InFlightError::Redis)?;
-        Ok(count_working(&records))
-    }
-}
-
-/// How many presence records say `"state": "working"`; missing or unreadable records count as not working.
-fn count_working(records: &[Option<String>]) -> u64 {
-    let working = records
-        .iter()
-        .flatten()
-        .filter_map(|raw| serde_json::from_str::<WorkerPresence>(raw).ok())
-        .filter(|presence| presence.state == "working")
-        .count();
-    u64::try_from(working).unwrap_or(u64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_records_saying_working_are_counted() {
-        let records = [
-            Some(r#"{"worker_id":"a","state":"working","correlation_id":"x","tick":3}"#.to_owned()),
-            Some(r#"{"worker_id":"b","state":"free"}"#.to_owned()),
-            None,
-            Some("not json".to_owned()),
-            Some(r#"{"worker_id":"c","state":"working"}"#.to_owned()),
-        ];
-        assert_eq!(count_working(&records), 2);
+        let fleet = shared::presence::read_fleet(
+            &mut connection,
+            &self.keys,
+            chrono::Utc::now().timestamp_millis(),
+            self.worker_ttl,
+        )
+        .await
+        .map_err(InFlightError::Redis)?;
+        Ok(fleet.tasks)
     }
 }

@@ -93,8 +93,10 @@ EXEMPT_FROM_ENV_EXAMPLE = {
 }
 
 SECRET_NAME = re.compile(r"(^|_)(SECRET|PASSWORD|PASS|TOKEN|CREDENTIALS?)(_|$)|_KEY$|ACCESS_KEY")
-# Names that look like secrets but are not (none today); name -> reason.
-NOT_SECRET = {}
+# Names that look like secrets but are not; name -> reason.
+NOT_SECRET = {
+    "SUPABASE_ANON_KEY": "Supabase's public key for browsers: the dashboard hands it to every visitor",
+}
 # URLs whose value carries credentials by design: always from Secrets Manager.
 CREDENTIAL_URLS = {"REDIS_URL", "RABBITMQ_URL"}
 URL_WITH_CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s@:]*:[^/\s@]+@", re.I)

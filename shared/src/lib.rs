@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod errors;
 pub mod events;
 pub mod keys;
+pub mod presence;
 pub mod queue;
 pub mod settings;
 pub mod shutdown;

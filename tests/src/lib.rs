@@ -10,6 +10,7 @@ pub mod model;
 pub mod proxy;
 pub mod search;
 pub mod sse;
+pub mod supabase;
 
 use std::net::SocketAddr;
 use tokio::net::TcpListener;

@@ -4,5 +4,6 @@ pub mod agents;
 pub mod events;
 pub mod health;
 pub mod openapi;
+pub mod queue;
 pub mod steer;
 pub mod tasks;

@@ -189,6 +189,25 @@ impl TaskStore {
         .await
     }
 
+    /// The live agents and the tasks they hold, from their presence records (two round trips).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails.
+    pub async fn fleet(
+        &self,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<shared::presence::Fleet, StoreError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            Ok(
+                shared::presence::read_fleet(&mut *conn, &self.keys, now.timestamp_millis(), ttl)
+                    .await?,
+            )
+        })
+        .await
+    }
+
     /// Counts workers whose last heartbeat is within `ttl` of `now`, pruning the stale ones, in one
     /// atomic round trip.
     ///

@@ -3,6 +3,7 @@
 //! `scripts/test.sh`).
 
 mod auth;
+mod dashboard;
 mod disruptive;
 mod endpoints;
 mod follow;

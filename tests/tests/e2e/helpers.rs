@@ -114,8 +114,14 @@ impl Fleet {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let claims = json!({"sub": sub, "aud": "authenticated", "role": "authenticated",
-                            "exp": now + 3600, "iat": now});
+        self.token_with(
+            json!({"sub": sub, "aud": "authenticated", "role": "authenticated",
+                               "exp": now + 3600, "iat": now}),
+        )
+    }
+
+    /// A token with `claims`, signed with the fleet's secret.
+    pub fn token_with(&self, claims: Value) -> String {
         jsonwebtoken::encode(
             &Header::default(),
             &claims,

@@ -1,6 +1,8 @@
 //! End to end through the real gateway, Redis, RabbitMQ, Chromium and embedded Qdrant, with the fixture
 //! model and search API standing in for the LLM and the web search engine.
 
+mod browser;
+mod dashboard;
 mod helpers;
 mod mind;
 mod steer;
