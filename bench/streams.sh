@@ -10,7 +10,7 @@ tasks=${2:-2000}
 rate=${3:-1000}
 seconds=${4:-20}
 scripts/ensure-services.sh >/dev/null
-cargo build --release -q -p gateway -p bench --bin streams
+cargo build --release -q -p gateway -p bench --bin gateway --bin streams
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 run=streams$$
 secret="bench-secret-$run"
