@@ -34,7 +34,7 @@ for agents in 1 2; do
   for concurrency in 1 8; do
     run="fleetbench$$-$agents-$concurrency"
     export REDIS_KEY_PREFIX="$run:" AGENT_INPUT_QUEUE="bench.$run" SUPABASE_JWT_SECRET="s-$run" \
-      DAILY_TICK_LIMIT=10000000 MAX_ACTIVE_TASKS_PER_USER=10000000 AGENT_CONCURRENCY=$concurrency \
+      DAILY_TICK_LIMIT=10000000 MAX_ACTIVE_TASKS_PER_USER=1000000 AGENT_CONCURRENCY=$concurrency \
       MODEL_API_URL=http://127.0.0.1:18099/v1 \
       MODEL_NAME=fixture-model LOG_FORMAT=json RUST_LOG=warn,agent::mind=debug AGENT_STATUS_TIME=1
     $bin/fixture-model 18099 --bench >/dev/null 2>&1 &

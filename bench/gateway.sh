@@ -11,7 +11,7 @@ cargo build --release -q -p gateway -p bench
 run=bench$$
 secret="bench-secret-$run"
 port=18080
-env PORT=$port HOST=127.0.0.1 SUPABASE_JWT_SECRET="$secret" DAILY_TICK_LIMIT=10000000 MAX_ACTIVE_TASKS_PER_USER=10000000 \
+env PORT=$port HOST=127.0.0.1 SUPABASE_JWT_SECRET="$secret" DAILY_TICK_LIMIT=10000000 MAX_ACTIVE_TASKS_PER_USER=1000000 \
   AGENT_INPUT_QUEUE="bench.mandates.$run" REDIS_KEY_PREFIX="$run:" RUST_LOG=warn \
   target/release/gateway &
 gateway=$!
