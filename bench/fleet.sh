@@ -102,6 +102,7 @@ PY
     stop_all
     rabbitmqctl -q delete_queue "bench.$run" >/dev/null 2>&1 || true
     rabbitmqctl -q delete_queue "bench.$run.dlq" >/dev/null 2>&1 || true
+    rabbitmqctl -q delete_queue "bench.$run.dlq.parked" >/dev/null 2>&1 || true
     redis-cli --scan --pattern "$run:*" | xargs -r -n 1000 redis-cli del >/dev/null
   done
 done

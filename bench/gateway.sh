@@ -20,6 +20,7 @@ cleanup() {
   wait "$gateway" 2>/dev/null || true
   rabbitmqctl -q delete_queue "bench.mandates.$run" >/dev/null 2>&1 || true
   rabbitmqctl -q delete_queue "bench.mandates.$run.dlq" >/dev/null 2>&1 || true
+  rabbitmqctl -q delete_queue "bench.mandates.$run.dlq.parked" >/dev/null 2>&1 || true
   redis-cli --scan --pattern "$run:*" | xargs -r -n 1000 redis-cli del >/dev/null
 }
 trap cleanup EXIT

@@ -20,8 +20,8 @@ scripts/ensure-services.sh
 scripts/ensure-chromium.sh >/dev/null
 EMBEDDING_MODEL_DIR=$(scripts/fetch-embedding-model.sh | tail -n 1)
 export EMBEDDING_MODEL_DIR
-say "building (debug) gateway, agent, metrics-sidecar, fixture-model"
-cargo build -q -p gateway -p agent -p metrics-sidecar -p euglena-tests --bins
+say "building (debug) gateway, agent, metrics-sidecar, fixture-model, euglena (the CLI)"
+cargo build -q -p gateway -p agent -p metrics-sidecar -p euglena-tests -p euglena-cli --bins
 
 run_dir=$(mktemp -d /tmp/euglena-local.XXXXXX)
 pids=()
@@ -79,12 +79,20 @@ say "live agents: $(curl -fsS http://127.0.0.1:8080/agents/count)"
 token=$(scripts/dev-jwt.sh "$SUPABASE_JWT_SECRET" local-user)
 cat <<MSG
 
-Development JWT (user local-user, valid 12 h):
+Dashboard (signs in with a development token for user local-user, valid 12 h; the token stays in the
+link's fragment, which the browser never sends to a server):
+  http://127.0.0.1:8080/#token=$token
+
+The CLI:
+  export EUGLENA_TOKEN=$token
+  target/debug/euglena submit "Find the tallest tree in the world" --max-ticks 5 --wait
+  target/debug/euglena list ; target/debug/euglena agents
+
+Or plain HTTP:
   export TOKEN=$token
-Try:
   curl -s -X POST http://127.0.0.1:8080/tasks -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
        -d '{"mandate": "Find the tallest tree in the world", "max_ticks": 5}'
-  curl -s http://127.0.0.1:8080/tasks/<correlation_id> -H "Authorization: Bearer \$TOKEN"
+  curl -N http://127.0.0.1:8080/tasks/<correlation_id>/events -H "Authorization: Bearer \$TOKEN"
   curl -s http://127.0.0.1:8080/agents/count ; curl -s http://127.0.0.1:8082/metrics
 
 MSG
@@ -99,7 +107,7 @@ for _ in $(seq 600); do
   status=$(printf '%s' "$record" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
   line=$(printf '%s' "$record" | python3 -c 'import json,sys; t=json.load(sys.stdin); print("%s, tick %s/%s" % (t["status"], t["tick"], t["max_ticks"]))')
   [ "$line" != "$last" ] && say "task $id: $line" && last=$line
-  case "$status" in completed|failed) break ;; esac
+  case "$status" in completed|failed|cancelled) break ;; esac
   sleep 0.2
 done
 printf '%s' "$record" | python3 -m json.tool

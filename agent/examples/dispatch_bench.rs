@@ -135,7 +135,11 @@ async fn main() -> anyhow::Result<()> {
 
     stop.cancel();
     running.await??;
-    for queue in [topology.queue.clone(), topology.dead_letter_queue()] {
+    for queue in [
+        topology.queue.clone(),
+        topology.dead_letter_queue(),
+        topology.parked_queue(),
+    ] {
         channel
             .queue_delete(queue.as_str().into(), Default::default())
             .await?;

@@ -59,6 +59,12 @@ use crate::ssrf::{Refused, VisitPolicy};
 
 /// How long the proxy and the HTTP fallback wait for a TCP connection to a vetted address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest opening a session's browser context, or a tab, may take (both come before the per-visit
+/// bound, which covers the load).
+const TAB_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest each step of closing Chromium may take: asking it to close, then waiting for it to exit
+/// (after which it is killed).
+const CLOSE_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many proxy refusals are remembered to explain a failed navigation.
 const REFUSAL_LOG_LEN: usize = 64;
 /// JavaScript characters fetched from the page per character of text budget (the budget counts Unicode
@@ -473,14 +479,28 @@ impl VisitSession {
                 .proxy_bypass_list("<-loopback>")
                 .dispose_on_detach(true)
                 .build();
-            let id = browser
-                .browser
-                .create_browser_context(params)
-                .await
-                .map_err(|e| {
+            let created = tokio::time::timeout(
+                TAB_OPEN_TIMEOUT,
+                browser.browser.create_browser_context(params),
+            )
+            .await;
+            let id = match created {
+                Ok(Ok(id)) => id,
+                Ok(Err(e)) => {
                     browser.alive.store(false, Ordering::SeqCst);
-                    format!("Chromium did not create a browser context: {e}")
-                })?;
+                    return Err(format!("Chromium did not create a browser context: {e}"));
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        timeout = ?TAB_OPEN_TIMEOUT,
+                        "Chromium did not create a browser context in time; treating it as wedged"
+                    );
+                    browser.alive.store(false, Ordering::SeqCst);
+                    return Err(format!(
+                        "Chromium did not create a browser context within {TAB_OPEN_TIMEOUT:?}"
+                    ));
+                }
+            };
             debug!(context = ?id, "browser context created");
             self.context = Some(SessionContext {
                 browser,
@@ -563,8 +583,15 @@ impl SessionContext {
         if !self.browser.is_alive() {
             return;
         }
-        if let Err(e) = self.browser.browser.dispose_browser_context(self.id).await {
-            debug!(error = %e, "could not dispose browser context");
+        match tokio::time::timeout(
+            CLOSE_STEP_TIMEOUT,
+            self.browser.browser.dispose_browser_context(self.id),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %e, "could not dispose browser context"),
+            Err(_) => debug!("disposing the browser context timed out"),
         }
     }
 }
@@ -593,10 +620,18 @@ async fn visit_in_chromium(
     settings: &BrowserSettings,
     url: &Url,
 ) -> Result<Page, ChromiumFailure> {
-    let page = context
-        .page()
-        .await
-        .map_err(|e| classify(&context.browser, url, e))?;
+    let page = match tokio::time::timeout(TAB_OPEN_TIMEOUT, context.page()).await {
+        Ok(page) => page.map_err(|e| classify(&context.browser, url, e))?,
+        Err(_) => {
+            tracing::warn!(
+                timeout = ?TAB_OPEN_TIMEOUT,
+                "opening a tab timed out; treating Chromium as wedged"
+            );
+            return Err(ChromiumFailure::Crashed(format!(
+                "opening a tab took longer than {TAB_OPEN_TIMEOUT:?}"
+            )));
+        }
+    };
     // The load has its own timeout; this bounds the reads after it too, so a wedged tab cannot hang a task.
     let bound = settings.page_load_timeout + Duration::from_secs(10);
     let result = tokio::time::timeout(bound, load_and_read(&page, context, policy, settings, url))
@@ -774,14 +809,31 @@ impl RunningBrowser {
         self.alive.load(Ordering::SeqCst) && !self.handler.is_finished()
     }
 
+    /// Asks Chromium to close and reaps it, each step bounded; a Chromium that does not exit in time
+    /// (wedged, or marked dead while still running) is killed, so the agent never waits on it.
     async fn close(&mut self) {
-        if self.is_alive()
-            && let Err(e) = self.browser.close().await
-        {
-            debug!(error = %e, "chromium did not close cleanly");
+        if self.is_alive() {
+            match tokio::time::timeout(CLOSE_STEP_TIMEOUT, self.browser.close()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => debug!(error = %e, "chromium did not close cleanly"),
+                Err(_) => {
+                    tracing::warn!(timeout = ?CLOSE_STEP_TIMEOUT, "chromium did not answer close")
+                }
+            }
         }
-        if let Err(e) = self.browser.wait().await {
-            debug!(error = %e, "could not reap chromium");
+        match tokio::time::timeout(CLOSE_STEP_TIMEOUT, self.browser.wait()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => debug!(error = %e, "could not reap chromium"),
+            Err(_) => {
+                tracing::warn!(
+                    pid = self.pid.unwrap_or_default(),
+                    timeout = ?CLOSE_STEP_TIMEOUT,
+                    "chromium did not exit; killing it"
+                );
+                if let Some(Err(e)) = self.browser.kill().await {
+                    tracing::warn!(error = %e, "could not kill chromium");
+                }
+            }
         }
         self.alive.store(false, Ordering::SeqCst);
     }

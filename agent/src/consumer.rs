@@ -22,6 +22,8 @@ use tokio_util::task::TaskTracker;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest the broker may take to confirm the consumer's cancel at shutdown.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The consumer stopped for a reason worth a reconnect.
 #[derive(Debug, thiserror::Error)]
@@ -166,11 +168,20 @@ impl<E: TaskExecutor> Consumer<E> {
         loop {
             tokio::select! {
                 () = draining.cancelled() => {
-                    if let Err(error) = channel
-                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                        .await
+                    // Bounded: a broker that stopped answering must not hold up the drain (the grace
+                    // period has not started yet).
+                    match tokio::time::timeout(
+                        CANCEL_TIMEOUT,
+                        channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+                    )
+                    .await
                     {
-                        tracing::warn!(%error, "cannot cancel the consumer");
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => tracing::warn!(%error, "cannot cancel the consumer"),
+                        Err(_) => tracing::warn!(
+                            timeout = ?CANCEL_TIMEOUT,
+                            "the broker did not confirm the consumer's cancel; draining anyway"
+                        ),
                     }
                     // Deliveries already on their way are given back by the draining worker.
                     while let Ok(Some(Ok(delivery))) =

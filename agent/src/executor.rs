@@ -24,6 +24,21 @@ pub struct TaskContext {
     /// Which delivery of the message this is, from 1; above 1 the task was started before and its worker
     /// died or gave it back.
     pub delivery: u32,
+    /// Where an earlier delivery stopped, when one ran ticks: run from `resume.tick + 1`.
+    pub resume: Option<Resume>,
+}
+
+/// Where a task stopped on an earlier delivery, read from its checkpoint (or only from its record, when
+/// the checkpoint is missing or unreadable).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resume {
+    /// Ticks already run (across all earlier deliveries).
+    pub tick: u32,
+    /// Usage so far.
+    pub usage: Usage,
+    /// The executor's working state after that tick, as it recorded it (`None`: start afresh from
+    /// `tick + 1`).
+    pub state: Option<serde_json::Value>,
 }
 
 /// A task's failure as the executor classifies it.
@@ -84,7 +99,7 @@ pub trait TaskExecutor: Send + Sync + 'static {
 }
 
 /// What one tick did, as the executor records it once the tick's action is done.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
     /// The tick's event (its `usage` is the task's usage after the tick).
     pub event: TickEvent,
@@ -94,10 +109,13 @@ pub struct Progress {
     pub deliverables: Vec<String>,
     /// URLs visited so far.
     pub sources: Vec<String>,
+    /// The executor's working state after this tick: what it resumes from on a later delivery. Stored
+    /// with the tick, in the same atomic step.
+    pub state: Option<serde_json::Value>,
 }
 
 /// What the runtime receives from an executor besides the tick count.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Report {
     /// A tick's record.
     Tick(Box<Progress>),

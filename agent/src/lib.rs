@@ -34,6 +34,6 @@ pub mod tick;
 pub mod worker;
 
 pub use error::AgentError;
-pub use executor::{ExecutionError, Progress, TaskContext, TaskExecutor, TickReporter};
+pub use executor::{ExecutionError, Progress, Resume, TaskContext, TaskExecutor, TickReporter};
 pub use settings::AgentSettings;
 pub use startup::Application;

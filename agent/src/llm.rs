@@ -33,6 +33,8 @@ pub struct LlmSettings {
     pub max_retries: u32,
     /// `MODEL_RETRY_BASE_MS`: the first backoff; it doubles each retry, capped at 10 s.
     pub retry_base: Duration,
+    /// `MODEL_MAX_TOKENS`: the longest answer, sent as `max_tokens` on every call (default 1024).
+    pub max_tokens: u32,
 }
 
 /// Why the model gave no answer.
@@ -151,6 +153,9 @@ impl Llm {
             .model(self.settings.model.clone())
             .messages(to_openai(messages))
             .response_format(ResponseFormat::JsonObject)
+            // `max_tokens`, which every OpenAI-compatible server reads; OpenAI's reasoning models want
+            // `max_completion_tokens` instead and are not supported.
+            .max_tokens(self.settings.max_tokens)
             .user(conversation.to_owned())
             .build()
             .map_err(|e| LlmError::Rejected {

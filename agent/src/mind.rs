@@ -141,6 +141,8 @@ pub struct TaskState {
     pub last_parse_error: Option<String>,
     /// What the task consumed so far.
     pub usage: Usage,
+    /// The model chose EXIT: a resume goes straight to the synthesis.
+    pub exited: bool,
 }
 
 /// What one tick led to.
@@ -178,7 +180,10 @@ impl Mind {
             search,
             visitor,
             memory,
-            budget: Budget::default(),
+            budget: Budget::for_model(
+                settings.context_tokens as usize,
+                settings.llm.max_tokens as usize,
+            ),
             recall_limit: 5,
         })
     }
@@ -195,10 +200,11 @@ impl Mind {
         session: &mut VisitSession,
         cancel: &CancellationToken,
     ) -> Result<TaskResult, ExecutionError> {
-        let mut state = TaskState::default();
-        let mut exited = false;
-        let mut ticks_used = 0;
-        for tick in 1..=task.message.max_ticks {
+        let (mut state, done) = resumed_state(task);
+        let mut exited = state.exited;
+        let mut ticks_used = done;
+        let next = if exited { u32::MAX } else { done + 1 };
+        for tick in next..=task.message.max_ticks {
             let end = self
                 .tick(task, tick, &mut state, ticks, session, cancel)
                 .await?;
@@ -333,7 +339,10 @@ impl Mind {
         let local_work = prompt_work + started.elapsed();
         event.action = verb.to_owned();
         let (end, observation) = match output.next_action {
-            Action::Exit => (TickEnd::Exit, None),
+            Action::Exit => {
+                state.exited = true;
+                (TickEnd::Exit, None)
+            }
             Action::Think => (
                 TickEnd::Next,
                 Some("You thought; nothing was fetched.".to_owned()),
@@ -390,6 +399,7 @@ impl Mind {
             memory,
             deliverables: state.deliverables.clone(),
             sources: state.sources.clone(),
+            state: Some(serde_json::to_value(state).expect("a task state always serialises")),
         });
     }
 
@@ -458,6 +468,23 @@ impl Mind {
         };
         Ok(result)
     }
+}
+
+/// The state a task starts from, and the ticks already run: where an earlier delivery left it, or from
+/// scratch. A working state this release cannot read starts afresh after the ticks already run (logged).
+fn resumed_state(task: &TaskContext) -> (TaskState, u32) {
+    let Some(resume) = &task.resume else {
+        return (TaskState::default(), 0);
+    };
+    let mut state = match &resume.state {
+        Some(value) => serde_json::from_value::<TaskState>(value.clone()).unwrap_or_else(|error| {
+            tracing::warn!(task_id = %task.id, %error, "the working state cannot be read; resuming afresh");
+            TaskState::default()
+        }),
+        None => TaskState::default(),
+    };
+    state.usage = resume.usage;
+    (state, resume.tick.min(task.message.max_ticks))
 }
 
 /// Counts one answered model call in `usage`.

@@ -1,8 +1,11 @@
 //! The prompt for each tick and for the final synthesis: pure functions of the task's state.
 //!
-//! Everything that grows (history, notes, recalled memory, page text) is bounded by a token budget so a
-//! long task never outgrows the model's context. Tokens are estimated as four characters each, which
-//! overestimates for English and keeps the budget on the safe side.
+//! The whole prompt fits the model's context: `MODEL_CONTEXT_TOKENS` less the `MODEL_MAX_TOKENS` kept for
+//! the answer. Within that, each part that grows (history, notes, recalled memory, page text) also has a
+//! cap of its own, which bounds the cost of every tick (with the defaults the caps alone fit the default
+//! context). When the parts together would not fit, the oldest history goes first, then recalled memory,
+//! notes and the oldest deliverables; the last observation is cut last. Tokens are estimated as four characters each, which overestimates for English and keeps the
+//! budget on the safe side.
 
 /// A chat message's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,9 +25,11 @@ pub struct Message {
     pub content: String,
 }
 
-/// Token budgets for the parts of a tick prompt that grow.
+/// Token budgets: the prompt as a whole, and the caps of the parts that grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
+    /// The whole prompt, every message included: the context less the answer's `max_tokens`.
+    pub prompt_tokens: usize,
     /// History lines (the newest kept).
     pub history_tokens: usize,
     /// Notes (the newest kept).
@@ -33,15 +38,31 @@ pub struct Budget {
     pub memory_tokens: usize,
     /// The last observation (page text, search results).
     pub observation_tokens: usize,
+    /// Deliverables (the newest kept).
+    pub deliverables_tokens: usize,
 }
+
+/// The default context (`MODEL_CONTEXT_TOKENS`).
+pub const DEFAULT_CONTEXT_TOKENS: usize = 16_000;
+/// The default answer bound (`MODEL_MAX_TOKENS`).
+pub const DEFAULT_MAX_TOKENS: usize = 1024;
 
 impl Default for Budget {
     fn default() -> Self {
+        Self::for_model(DEFAULT_CONTEXT_TOKENS, DEFAULT_MAX_TOKENS)
+    }
+}
+
+impl Budget {
+    /// The budgets for a model with `context_tokens` of context answering in at most `max_tokens`.
+    pub fn for_model(context_tokens: usize, max_tokens: usize) -> Self {
         Self {
+            prompt_tokens: context_tokens.saturating_sub(max_tokens),
             history_tokens: 1500,
             notes_tokens: 600,
             memory_tokens: 600,
             observation_tokens: 2000,
+            deliverables_tokens: 3000,
         }
     }
 }
@@ -72,18 +93,28 @@ pub fn estimate_tokens(text: &str) -> usize {
     text.chars().count().div_ceil(4)
 }
 
-/// `text` cut to about `tokens` tokens at a character boundary, marked when cut.
+/// Estimated tokens in a whole prompt.
+pub fn prompt_tokens(messages: &[Message]) -> usize {
+    messages.iter().map(|m| estimate_tokens(&m.content)).sum()
+}
+
+/// The marker appended to cut text.
+const CUT: &str = " …[truncated]";
+
+/// `text` cut to at most about `tokens` tokens (marker included) at a character boundary.
 pub fn truncate_to_tokens(text: &str, tokens: usize) -> String {
     let limit = tokens.saturating_mul(4);
     if text.chars().count() <= limit {
         return text.to_owned();
     }
-    let cut: String = text.chars().take(limit).collect();
-    format!("{cut} …[truncated]")
+    let keep = limit.saturating_sub(CUT.chars().count());
+    let cut: String = text.chars().take(keep).collect();
+    format!("{cut}{CUT}")
 }
 
-/// The newest `items` that fit in `tokens`, in their original order.
-pub fn newest_within(items: &[String], tokens: usize) -> (Vec<&str>, usize) {
+/// The newest `items` that fit in `tokens` (each costs its estimate plus one for its bullet), in their
+/// original order, how many were dropped, and the tokens the kept ones cost.
+pub fn newest_within(items: &[String], tokens: usize) -> (Vec<&str>, usize, usize) {
     let mut used = 0;
     let mut kept = Vec::new();
     for item in items.iter().rev() {
@@ -96,7 +127,44 @@ pub fn newest_within(items: &[String], tokens: usize) -> (Vec<&str>, usize) {
     }
     kept.reverse();
     let dropped = items.len() - kept.len();
-    (kept, dropped)
+    (kept, dropped, used)
+}
+
+/// What a section costs beyond its lines: its title, the "omitted" note or "(none)", the newlines.
+const SECTION_TOKENS: usize = 16;
+
+/// Hands out what is left of the prompt budget, part by part.
+struct Allowance(usize);
+
+impl Allowance {
+    /// The budget left after `fixed` tokens and `sections` section headers.
+    fn after(budget: &Budget, fixed: usize, sections: usize) -> Self {
+        Self(
+            budget
+                .prompt_tokens
+                .saturating_sub(fixed + sections * SECTION_TOKENS),
+        )
+    }
+
+    /// The newest `items` within `cap` and what is left.
+    fn newest<'a>(&mut self, items: &'a [String], cap: usize) -> (Vec<&'a str>, usize) {
+        let (kept, dropped, used) = newest_within(items, cap.min(self.0));
+        self.0 -= used;
+        (kept, dropped)
+    }
+
+    /// `text` within `cap` and what is left.
+    fn text(&mut self, text: &str, cap: usize) -> String {
+        let cut = truncate_to_tokens(text, cap.min(self.0));
+        self.0 = self.0.saturating_sub(estimate_tokens(&cut));
+        cut
+    }
+}
+
+/// The mandate, cut to half the prompt budget in case a gateway accepts mandates longer than the model
+/// can read.
+fn mandate_within(mandate: &str, budget: &Budget) -> String {
+    truncate_to_tokens(mandate, budget.prompt_tokens / 2)
 }
 
 const TICK_INSTRUCTIONS: &str = r#"You are an autonomous research agent working through a mandate one tick at a time.
@@ -128,27 +196,39 @@ fn section(out: &mut String, title: &str, lines: &[&str], dropped: usize) {
     }
 }
 
-/// The messages for one tick.
+/// The messages for one tick, within `budget`.
 pub fn tick_messages(state: &TickState<'_>, budget: &Budget) -> Vec<Message> {
     let mut user = format!(
         "# Mandate\n{}\n\nTick {} of {} ({} left after this one).\n",
-        state.mandate,
+        mandate_within(state.mandate, budget),
         state.tick,
         state.max_ticks,
         state.max_ticks.saturating_sub(state.tick)
     );
-    let (history, dropped) = newest_within(state.history, budget.history_tokens);
-    section(&mut user, "History", &history, dropped);
-    let (notes, dropped) = newest_within(state.notes, budget.notes_tokens);
-    section(&mut user, "Notes", &notes, dropped);
-    let (memories, dropped) = newest_within(state.memories, budget.memory_tokens);
-    section(&mut user, "Recalled memory", &memories, dropped);
-    let deliverables: Vec<&str> = state.deliverables.iter().map(String::as_str).collect();
-    section(&mut user, "Deliverables so far", &deliverables, 0);
+    let fixed = estimate_tokens(TICK_INSTRUCTIONS) + estimate_tokens(&user);
+    let mut left = Allowance::after(budget, fixed, 5);
+    // Taken in the order they are kept longest: what is left over goes to the history last.
+    let observation = state
+        .observation
+        .map(|o| left.text(o, budget.observation_tokens));
+    let (deliverables, deliverables_dropped) =
+        left.newest(state.deliverables, budget.deliverables_tokens);
+    let (notes, notes_dropped) = left.newest(state.notes, budget.notes_tokens);
+    let (memories, memories_dropped) = left.newest(state.memories, budget.memory_tokens);
+    let (history, history_dropped) = left.newest(state.history, budget.history_tokens);
+    section(&mut user, "History", &history, history_dropped);
+    section(&mut user, "Notes", &notes, notes_dropped);
+    section(&mut user, "Recalled memory", &memories, memories_dropped);
+    section(
+        &mut user,
+        "Deliverables so far",
+        &deliverables,
+        deliverables_dropped,
+    );
     user.push_str("\n## Last observation\n");
-    match state.observation {
+    match observation {
         Some(observation) => {
-            user.push_str(&truncate_to_tokens(observation, budget.observation_tokens));
+            user.push_str(&observation);
             user.push('\n');
         }
         None => user.push_str("(none yet: this is the first tick)\n"),
@@ -165,7 +245,7 @@ pub fn tick_messages(state: &TickState<'_>, budget: &Budget) -> Vec<Message> {
     ]
 }
 
-/// The messages for the final synthesis.
+/// The messages for the final synthesis, within `budget`.
 pub fn synthesis_messages(
     mandate: &str,
     history: &[String],
@@ -173,13 +253,21 @@ pub fn synthesis_messages(
     deliverables: &[String],
     budget: &Budget,
 ) -> Vec<Message> {
-    let mut user = format!("# Mandate\n{mandate}\n");
-    let (history, dropped) = newest_within(history, budget.history_tokens);
-    section(&mut user, "History", &history, dropped);
-    let (notes, dropped) = newest_within(notes, budget.notes_tokens);
-    section(&mut user, "Notes", &notes, dropped);
-    let deliverables: Vec<&str> = deliverables.iter().map(String::as_str).collect();
-    section(&mut user, "Deliverables", &deliverables, 0);
+    let mut user = format!("# Mandate\n{}\n", mandate_within(mandate, budget));
+    let fixed = estimate_tokens(SYNTHESIS_INSTRUCTIONS) + estimate_tokens(&user);
+    let mut left = Allowance::after(budget, fixed, 3);
+    let (deliverables, deliverables_dropped) =
+        left.newest(deliverables, budget.deliverables_tokens);
+    let (notes, notes_dropped) = left.newest(notes, budget.notes_tokens);
+    let (history, history_dropped) = left.newest(history, budget.history_tokens);
+    section(&mut user, "History", &history, history_dropped);
+    section(&mut user, "Notes", &notes, notes_dropped);
+    section(
+        &mut user,
+        "Deliverables",
+        &deliverables,
+        deliverables_dropped,
+    );
     vec![
         Message {
             role: Role::System,
@@ -254,21 +342,22 @@ mod tests {
     #[test]
     fn newest_within_keeps_order_and_counts_what_it_dropped() {
         let items: Vec<String> = ["a", "b", "c"].iter().map(|s| s.repeat(8)).collect();
-        let (kept, dropped) = newest_within(&items, 5);
+        let (kept, dropped, used) = newest_within(&items, 5);
         assert_eq!(kept, vec!["cccccccc"]);
-        assert_eq!(dropped, 2);
-        let (kept, dropped) = newest_within(&items, 100);
+        assert_eq!((dropped, used), (2, 3));
+        let (kept, dropped, used) = newest_within(&items, 100);
         assert_eq!(kept.len(), 3);
         assert_eq!(kept[0], "aaaaaaaa");
-        assert_eq!(dropped, 0);
+        assert_eq!((dropped, used), (0, 9));
     }
 
     #[test]
     fn truncation_respects_character_boundaries() {
         let text = "é".repeat(100);
         let cut = truncate_to_tokens(&text, 5);
-        assert!(cut.starts_with(&"é".repeat(20)));
+        assert!(cut.starts_with(&"é".repeat(7)));
         assert!(cut.ends_with("…[truncated]"));
+        assert!(estimate_tokens(&cut) <= 5, "{cut}");
     }
 
     #[test]
@@ -276,5 +365,88 @@ mod tests {
         let messages = synthesis_messages("m", &[], &[], &["report".into()], &Budget::default());
         assert!(messages[0].content.contains("summary"));
         assert!(messages[1].content.contains("- report"));
+    }
+
+    fn lines(count: usize, label: &str, chars: usize) -> Vec<String> {
+        (0..count)
+            .map(|n| format!("{label} {n:03} {}", "x".repeat(chars)))
+            .collect()
+    }
+
+    #[test]
+    fn when_the_parts_do_not_fit_the_oldest_history_goes_first() {
+        let history = lines(40, "history", 200);
+        let notes = lines(3, "note", 40);
+        let page = "word ".repeat(1_000);
+        let budget = Budget::for_model(3_000, 1_000);
+        let messages = tick_messages(
+            &TickState {
+                notes: &notes,
+                ..state(&history, Some(&page))
+            },
+            &budget,
+        );
+        assert!(
+            prompt_tokens(&messages) <= 2_000,
+            "{}",
+            prompt_tokens(&messages)
+        );
+        let user = &messages[1].content;
+        assert!(user.contains("history 039"), "the newest history stays");
+        assert!(!user.contains("history 000"), "the oldest goes");
+        assert!(user.contains("older entries omitted"));
+        assert!(
+            user.contains("note 000") && user.contains("note 002"),
+            "notes are kept"
+        );
+        assert!(
+            user.contains(&"word ".repeat(300)),
+            "the observation is kept"
+        );
+    }
+
+    #[test]
+    fn a_mandate_longer_than_the_model_can_read_is_cut() {
+        let mandate = "m".repeat(40_000);
+        let budget = Budget::for_model(4_000, 1_000);
+        let messages = tick_messages(
+            &TickState {
+                mandate: &mandate,
+                ..state(&[], None)
+            },
+            &budget,
+        );
+        assert!(prompt_tokens(&messages) <= 3_000);
+        let messages = synthesis_messages(&mandate, &[], &[], &[], &budget);
+        assert!(prompt_tokens(&messages) <= 3_000);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_prompt_fits_its_budget(
+            context in 1_500usize..20_000,
+            history in proptest::collection::vec(".{0,400}", 0..60),
+            notes in proptest::collection::vec(".{0,300}", 0..20),
+            memories in proptest::collection::vec(".{0,300}", 0..10),
+            deliverables in proptest::collection::vec(".{0,2000}", 0..20),
+            observation in proptest::option::of(".{0,20000}"),
+            mandate in ".{1,3000}",
+        ) {
+            let budget = Budget::for_model(context, 500);
+            let state = TickState {
+                mandate: &mandate,
+                tick: 7,
+                max_ticks: 100,
+                history: &history,
+                notes: &notes,
+                memories: &memories,
+                observation: observation.as_deref(),
+                deliverables: &deliverables,
+            };
+            let tick = tick_messages(&state, &budget);
+            proptest::prop_assert!(prompt_tokens(&tick) <= budget.prompt_tokens);
+            let synthesis = synthesis_messages(&mandate, &history, &notes, &deliverables, &budget);
+            proptest::prop_assert!(prompt_tokens(&synthesis) <= budget.prompt_tokens);
+        }
     }
 }

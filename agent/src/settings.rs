@@ -24,6 +24,9 @@ pub struct AgentSettings {
     pub health_port: u16,
     /// `SHUTDOWN_GRACE_SECONDS`: how long tasks in hand may run after SIGTERM (default 100).
     pub shutdown_grace: Duration,
+    /// `TASK_MAX_SECONDS`: the longest a task may run, across all its deliveries (default 3600); a task
+    /// still running then is stopped and failed. Keep it below the broker's `consumer_timeout`.
+    pub task_max_run: Duration,
     /// `STARTUP_TIMEOUT_SECONDS`: how long start-up waits for Redis and RabbitMQ (default 30).
     pub startup_timeout: Duration,
     /// `ECS_AGENT_URI`: set by ECS; enables task scale-in protection.
@@ -53,7 +56,14 @@ pub struct MindSettings {
     pub visit_allowlist: String,
     /// Vector memory.
     pub memory: MemorySettings,
+    /// `MODEL_CONTEXT_TOKENS`: the model's context; every prompt is cut to fit it with room for the
+    /// answer's `MODEL_MAX_TOKENS` (default 16000).
+    pub context_tokens: u32,
 }
+
+/// The least prompt a model's context must leave room for beside the answer: the instructions, a
+/// mandate, and a little of the task's state.
+const MIN_PROMPT_TOKENS: u32 = 1_000;
 
 /// Where memory lives.
 #[derive(Debug, Clone)]
@@ -97,7 +107,19 @@ impl MindSettings {
                 1,
                 60_000,
             )?),
+            max_tokens: reader.ranged("MODEL_MAX_TOKENS", 1024, 16, 1_000_000)?,
         };
+        let context_tokens = reader.ranged("MODEL_CONTEXT_TOKENS", 16_000, 1_000, 10_000_000)?;
+        if context_tokens < llm.max_tokens + MIN_PROMPT_TOKENS {
+            return Err(SettingsError::Invalid {
+                name: "MODEL_CONTEXT_TOKENS",
+                reason: format!(
+                    "{context_tokens} leaves no room for a prompt beside MODEL_MAX_TOKENS={}: it must be at \
+                     least {MIN_PROMPT_TOKENS} more",
+                    llm.max_tokens
+                ),
+            });
+        }
         let search = match reader.optional("SEARCH_API_URL") {
             None => None,
             Some(raw) => {
@@ -135,6 +157,7 @@ impl MindSettings {
             browser,
             visit_allowlist: reader.string_or("VISIT_ALLOWLIST", ""),
             memory,
+            context_tokens,
         })
     }
 }
@@ -190,6 +213,7 @@ impl AgentSettings {
             status_interval,
             health_port: reader.parse_or("HEALTH_PORT", 8081)?,
             shutdown_grace: reader.seconds("SHUTDOWN_GRACE_SECONDS", 100.0, 0.0, 3600.0)?,
+            task_max_run: reader.seconds("TASK_MAX_SECONDS", 3600.0, 1.0, 7.0 * 86_400.0)?,
             startup_timeout: reader.seconds("STARTUP_TIMEOUT_SECONDS", 30.0, 0.1, 3600.0)?,
             ecs_agent_uri,
             protection_expires_minutes,

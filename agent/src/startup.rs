@@ -5,7 +5,7 @@
 use crate::consumer::{Consumer, connect};
 use crate::error::AgentError;
 use crate::executor::TaskExecutor;
-use crate::health::{self, BrokerStatus, HealthState};
+use crate::health::{HealthServer, HealthState};
 use crate::presence::Presence;
 use crate::protection::Protection;
 use crate::purger::Purger;
@@ -14,10 +14,10 @@ use crate::worker::{CANCEL_POLL, Stopping, Worker, WorkerConfig};
 use lapin::Connection;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
+use shared::store::Lease;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,13 +35,14 @@ pub struct Application<E> {
     worker_id: String,
     redis: ConnectionManager,
     connection: Connection,
-    listener: TcpListener,
+    health: HealthServer,
+    health_state: HealthState,
     executor: Arc<E>,
 }
 
 impl<E: TaskExecutor> Application<E> {
-    /// Connects to Redis and RabbitMQ (retrying until `STARTUP_TIMEOUT_SECONDS`), declares the topology and
-    /// binds the health port.
+    /// Binds the health port and serves `starting` on it, then connects to Redis and RabbitMQ (retrying
+    /// until `STARTUP_TIMEOUT_SECONDS`) and declares the topology.
     ///
     /// # Errors
     /// [`AgentError`] when a dependency stays unreachable past the deadline, the topology is refused, or
@@ -52,8 +53,17 @@ impl<E: TaskExecutor> Application<E> {
             Some(id) => id.clone(),
             None => derive_worker_id().await,
         };
+        let health_state = HealthState::starting(&worker_id);
+        let health = HealthServer::start(settings.health_port, health_state.clone()).await?;
+        tracing::info!(
+            worker_id,
+            port = health.port(),
+            "agent starting; health served"
+        );
         let redis = connect_redis(&settings, deadline).await?;
+        health_state.redis_connected();
         let connection = connect_broker(&settings, &worker_id, deadline).await?;
+        health_state.broker().set(true);
         let channel = connection
             .create_channel()
             .await
@@ -67,31 +77,21 @@ impl<E: TaskExecutor> Application<E> {
         if let Err(error) = channel.close(200, "topology declared".into()).await {
             tracing::debug!(%error, "cannot close the declaring channel");
         }
-        let port = settings.health_port;
-        let listener = TcpListener::bind(("0.0.0.0", port))
-            .await
-            .map_err(|source| AgentError::HealthBind { port, source })?;
-        tracing::info!(
-            worker_id,
-            port = listener.local_addr().map(|a| a.port()).unwrap_or(port),
-            "agent started"
-        );
+        tracing::info!(worker_id, "agent connected");
         Ok(Self {
             settings,
             worker_id,
             redis,
             connection,
-            listener,
+            health,
+            health_state,
             executor: Arc::new(executor),
         })
     }
 
     /// The port `/health` listens on.
     pub fn health_port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|addr| addr.port())
-            .unwrap_or(self.settings.health_port)
+        self.health.port()
     }
 
     /// This worker's id.
@@ -112,7 +112,8 @@ impl<E: TaskExecutor> Application<E> {
             worker_id,
             redis,
             connection,
-            listener,
+            health,
+            health_state,
             executor,
         } = self;
         let common = &settings.common;
@@ -128,6 +129,11 @@ impl<E: TaskExecutor> Application<E> {
                 task_ttl_seconds: common.task_ttl_seconds,
                 status_interval: settings.status_interval,
                 retry_delay: RETRY_DELAY,
+                max_run: settings.task_max_run,
+                lease: Lease {
+                    worker: worker_id.clone(),
+                    lifetime: Duration::from_secs(common.worker_ttl_seconds),
+                },
             },
             stopping.clone(),
         );
@@ -177,20 +183,8 @@ impl<E: TaskExecutor> Application<E> {
             tokio::spawn(protection.run(in_hand.watch(), background.clone()))
         });
 
-        let broker = BrokerStatus::default();
-        broker.set(true);
-        let health_stop = CancellationToken::new();
-        let app = health::router(HealthState {
-            worker_id: worker_id.clone(),
-            in_hand: in_hand.clone(),
-            broker: broker.clone(),
-            redis,
-        });
-        let health_server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(health_stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let broker = health_state.broker().clone();
+        health_state.running(in_hand.clone(), redis);
 
         let tracker = TaskTracker::new();
         let consumer = Consumer::new(
@@ -265,12 +259,7 @@ impl<E: TaskExecutor> Application<E> {
             }
         }
         broker.set(false);
-        health_stop.cancel();
-        match health_server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(AgentError::HealthServe(error)),
-            Err(error) => tracing::error!(%error, "the health server panicked"),
-        }
+        health.stop().await?;
         tracing::info!("agent stopped");
         Ok(())
     }

@@ -7,12 +7,17 @@
 //!   record and the publish. The publish, and the "failed" write when it does not succeed, run in a task of
 //!   their own, which the handler only awaits.
 //! - Redis going away too: when the "failed" write fails as well, it is retried in the background with
-//!   backoff until it lands. At shutdown the gateway waits for those (bounded) and names, at ERROR, every
+//!   backoff until it lands.
+//! - Redis answering the create too late: the request is answered 503 without knowing whether the task
+//!   was recorded and charged, so the create is abandoned (see [`Enqueuer::abandon`]): a mark stops it if
+//!   it has not run yet, and a task it recorded is failed and refunded. At shutdown the gateway waits for those (bounded) and names, at ERROR, every
 //!   task it still has to leave `pending`.
 
 use crate::publisher::Publisher;
-use crate::store::TaskStore;
+use crate::store::{StoreError, TaskStore};
+use shared::Status;
 use shared::backoff::Backoff;
+use shared::store::Outcome;
 use shared::task::TaskMessage;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +31,26 @@ const QUICK_BACKOFF: Duration = Duration::from_millis(100);
 /// Pauses between the background retries: doubling from the first to the last.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// What became of failing a task that could not be published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failing {
+    /// Failed and refunded.
+    Failed,
+    /// Redis did not answer; retried in the background until it does.
+    Retrying,
+    /// The task had left `pending` (an agent took it, or its owner cancelled it): left alone.
+    TakenAlready(Status),
+}
+
+/// How to settle a task that was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// It was recorded: fail it.
+    Fail,
+    /// Whether it was recorded is unknown: stop a late create, then fail it if it was recorded.
+    Abandon,
+}
 
 /// Publishes recorded tasks, and fails with a refund those it cannot publish. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -85,8 +110,15 @@ impl Enqueuer {
             return Ok(());
         };
         let reason = format!("the task could not be queued: {error}");
-        self.fail(message.correlation_id, &reason).await;
-        Err(reason)
+        match self.fail(message.correlation_id, &reason).await {
+            Failing::Failed | Failing::Retrying => Err(reason),
+            Failing::TakenAlready(status) => {
+                // The broker took the message after all (its confirm was late) and an agent has the
+                // task, or its owner ended it: it is not an unqueued task.
+                tracing::warn!(%error, ?status, "the publish timed out but the task was taken; answering as queued");
+                Ok(())
+            }
+        }
     }
 
     /// Records that the request with idempotency entry `key` is answered 202. Best effort: if it fails,
@@ -97,17 +129,36 @@ impl Enqueuer {
         }
     }
 
-    /// Marks the task `id` failed with `reason` and refunds it, trying a few times at once and then, if
-    /// Redis still does not answer, in the background.
-    async fn fail(&self, id: Uuid, reason: &str) {
+    /// Gives up on creating task `id` after the store did not answer (it may have recorded and charged
+    /// it, or may still): marks the create abandoned and, if the task was recorded, fails it with its
+    /// ticks refunded; at once if Redis answers within a few tries, else in the background.
+    pub async fn abandon(&self, id: Uuid, reason: &str) {
+        if matches!(
+            self.settle(id, reason, Settle::Abandon).await,
+            Failing::Retrying
+        ) {
+            tracing::warn!(reason, "the create is abandoned once Redis answers");
+        }
+    }
+
+    /// Marks the task `id` failed with `reason` and refunds it if it is still `pending`, trying a few times
+    /// at once and then, if Redis still does not answer, in the background.
+    async fn fail(&self, id: Uuid, reason: &str) -> Failing {
+        self.settle(id, reason, Settle::Fail).await
+    }
+
+    async fn settle(&self, id: Uuid, reason: &str, how: Settle) -> Failing {
         for attempt in 1..=QUICK_ATTEMPTS {
-            match self.store.fail_unqueued(id, reason).await {
+            match self.settle_once(id, reason, how).await {
+                Ok(Some(Outcome::Refused { current, .. })) => {
+                    return Failing::TakenAlready(current);
+                }
                 Ok(outcome) => {
-                    tracing::warn!(?outcome, reason, "task marked failed: it was not queued");
-                    return;
+                    tracing::warn!(?outcome, reason, "task settled: it was not queued");
+                    return Failing::Failed;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, attempt, "could not mark the unqueued task failed");
+                    tracing::warn!(%error, attempt, "could not settle the unqueued task");
                     if attempt < QUICK_ATTEMPTS {
                         tokio::time::sleep(QUICK_BACKOFF * attempt).await;
                     }
@@ -116,11 +167,26 @@ impl Enqueuer {
         }
         let this = self.clone();
         let reason = reason.to_owned();
-        let retry = async move { this.keep_failing(id, &reason).await };
+        let retry = async move { this.keep_settling(id, &reason, how).await };
         self.tracker.spawn(retry.in_current_span());
+        Failing::Retrying
     }
 
-    async fn keep_failing(&self, id: Uuid, reason: &str) {
+    /// One try: the abandon mark first when abandoning (`None` when the task was never recorded), then
+    /// the failure of a task still `pending`.
+    async fn settle_once(
+        &self,
+        id: Uuid,
+        reason: &str,
+        how: Settle,
+    ) -> Result<Option<Outcome>, StoreError> {
+        if how == Settle::Abandon && !self.store.abandon_create(id).await? {
+            return Ok(None);
+        }
+        self.store.fail_unqueued(id, reason).await.map(Some)
+    }
+
+    async fn keep_settling(&self, id: Uuid, reason: &str, how: Settle) {
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {
             tokio::select! {
@@ -128,24 +194,20 @@ impl Enqueuer {
                     tracing::error!(
                         task_id = %id,
                         reason,
-                        "the gateway stopped before Redis answered: this task stays pending with no \
+                        "the gateway stopped before Redis answered: this task may stay pending with no \
                          message; mark it failed and refund its ticks"
                     );
                     return;
                 }
                 () = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            match self.store.fail_unqueued(id, reason).await {
+            match self.settle_once(id, reason, how).await {
                 Ok(outcome) => {
-                    tracing::warn!(
-                        ?outcome,
-                        reason,
-                        "task marked failed once Redis answered again"
-                    );
+                    tracing::warn!(?outcome, reason, "task settled once Redis answered again");
                     return;
                 }
                 Err(error) => {
-                    tracing::debug!(%error, "still cannot mark the unqueued task failed");
+                    tracing::debug!(%error, "still cannot settle the unqueued task");
                 }
             }
         }

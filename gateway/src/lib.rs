@@ -3,6 +3,7 @@
 //! follow it live, cancel it, list and delete it (`docs/api.md`).
 
 pub mod auth;
+pub mod connections;
 pub mod dashboard;
 pub mod enqueue;
 pub mod error;
@@ -11,8 +12,8 @@ pub mod follow;
 pub mod jwks;
 pub mod publisher;
 pub mod quota;
-pub mod redis_pool;
 pub mod routes;
+pub mod server;
 pub mod settings;
 pub mod startup;
 pub mod state;

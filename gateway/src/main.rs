@@ -30,6 +30,6 @@ async fn run() -> anyhow::Result<()> {
     let application = Application::build(settings).await.context("cannot start")?;
     application
         .run_until_stopped(shared::shutdown::shutdown_signal())
-        .await
-        .context("server error")
+        .await;
+    Ok(())
 }

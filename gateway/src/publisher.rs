@@ -38,7 +38,8 @@ pub enum PublishError {
     /// The broker refused the message.
     #[error("the broker refused the message")]
     Nacked,
-    /// No confirm arrived in time; the message's fate is unknown.
+    /// The broker did not take the message and confirm it in time (it may still take it later: the task
+    /// is failed first, so a late message finds it finished and is acked without running).
     #[error("no confirm from the broker within {0:?}")]
     Timeout(Duration),
     /// The channel failed while publishing.
@@ -184,7 +185,7 @@ impl Publisher {
         Ok(declared.message_count())
     }
 
-    /// Publishes `message` and waits for the broker's confirm.
+    /// Publishes `message` and waits for the broker's confirm, both within the confirm timeout.
     ///
     /// # Errors
     /// [`PublishError`] when the message is not known to be queued.
@@ -198,14 +199,20 @@ impl Publisher {
             .current()
             .filter(|c| c.status().connected())
             .ok_or(PublishError::Unavailable)?;
-        let confirm = self
-            .topology
-            .publish(&channel, message, request_id)
+        // One deadline for the write and the confirm: a broker under a memory or disk alarm stops
+        // reading from publishers, so the write itself can wait as long as the alarm lasts.
+        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
+        let timed_out = |_| PublishError::Timeout(self.confirm_timeout);
+        let confirm = tokio::time::timeout_at(
+            deadline,
+            self.topology.publish(&channel, message, request_id),
+        )
+        .await
+        .map_err(timed_out)?
+        .inspect_err(|_| self.shared.lost.notify_one())?;
+        let confirmation = tokio::time::timeout_at(deadline, confirm)
             .await
-            .inspect_err(|_| self.shared.lost.notify_one())?;
-        let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
-            .await
-            .map_err(|_| PublishError::Timeout(self.confirm_timeout))?
+            .map_err(timed_out)?
             .inspect_err(|_| self.shared.lost.notify_one())?;
         match confirmation {
             Confirmation::Ack(None) => Ok(()),

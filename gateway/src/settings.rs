@@ -30,7 +30,8 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     /// `REQUEST_TIMEOUT_SECONDS`: the longest a request may take (default 10).
     pub request_timeout: Duration,
-    /// `PUBLISH_CONFIRM_TIMEOUT_MS`: the longest to wait for the broker's confirm (default 5000).
+    /// `PUBLISH_CONFIRM_TIMEOUT_MS`: the longest a publish may take, the write to the broker and its
+    /// confirm together (default 5000).
     pub publish_confirm_timeout: Duration,
     /// `STARTUP_DEADLINE_SECONDS`: how long to wait for Redis and RabbitMQ at start (default 60).
     pub startup_deadline: Duration,

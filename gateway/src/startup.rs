@@ -28,8 +28,6 @@ use tower_http::trace::TraceLayer;
 /// The request id header, set on every request and response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Redis connections the gateway keeps (each is multiplexed, so requests pipeline over them).
-const REDIS_POOL_SIZE: usize = 16;
 /// How long in-flight requests get to finish after the shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -81,7 +79,7 @@ impl Application {
             settings.common.redis_url.expose_secret(),
             settings.common.keys(),
             settings.common.task_ttl_seconds,
-            REDIS_POOL_SIZE,
+            crate::connections::CONNECTIONS,
         )?;
         wait_for_redis(&store, settings.startup_deadline).await?;
         let publisher = Publisher::start(
@@ -141,36 +139,25 @@ impl Application {
     /// Serves until `signal` completes, then lets in-flight requests finish (bounded), waits for the
     /// publishes and the "failed" writes still running (bounded) and closes the broker connection.
     ///
-    /// # Errors
-    /// The server's I/O error.
-    pub async fn run_until_stopped(
-        self,
-        signal: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run_until_stopped(self, signal: impl Future<Output = ()> + Send + 'static) {
         tracing::info!(port = self.port, "gateway listening");
         let shutdown = self.shutdown.clone();
         // Event streams end as soon as draining starts, so their connections close and clients reconnect
         // to another gateway with Last-Event-ID.
         let draining = self.draining.clone();
-        let drain_started = draining.clone();
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
-            signal.await;
-            drain_started.cancel();
-        });
-        let result = tokio::select! {
-            result = serve => result,
-            () = async {
-                draining.cancelled().await;
-                tokio::time::sleep(DRAIN_TIMEOUT).await;
-            } => {
-                tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}; stopping");
-                Ok(())
+        let serve =
+            crate::server::serve(self.listener, self.router, draining.clone(), DRAIN_TIMEOUT);
+        tokio::pin!(serve);
+        tokio::select! {
+            () = &mut serve => {}
+            () = signal => {
+                draining.cancel();
+                serve.await;
             }
-        };
+        }
         self.enqueuer.finish(DRAIN_TIMEOUT).await;
         shutdown.cancel();
         tracing::info!("gateway stopped");
-        result
     }
 }
 

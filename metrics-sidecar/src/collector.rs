@@ -1,9 +1,11 @@
 //! The loop: every `PUBLISH_INTERVAL_SECONDS`, read the ready count and the in-flight count, record them
 //! for `/health` and `/metrics`, and put them into CloudWatch when it is on. Every failure is logged and
-//! counted and the next tick tries again; the loop only ends on shutdown.
+//! counted and the next tick tries again; the loop only ends on shutdown. Every call a tick makes is
+//! bounded (the broker's and Redis's operation timeouts, the put's deadline), so a stalled peer delays a
+//! tick but never stops the loop.
 
 use crate::broker::QueueReader;
-use crate::cloudwatch::Publisher;
+use crate::cloudwatch::{Publisher, PutError};
 use crate::inflight::InFlightSource;
 use crate::state::SharedState;
 use chrono::Utc;
@@ -87,6 +89,7 @@ impl Collector {
         let Some(publisher) = &self.publisher else {
             return;
         };
+        // The put is bounded by the publisher's deadline, so this await always ends before the next tick.
         match publisher
             .put(queue_depth, in_flight, dead_letter_depth, now)
             .await
@@ -94,13 +97,34 @@ impl Collector {
             Ok(()) => self.state.update(|s| {
                 s.last_put_at = Some(Utc::now());
                 s.puts += 1;
+                s.consecutive_put_errors = 0;
+                s.last_put_error = None;
             }),
             Err(error) => {
-                tracing::warn!(%error, "CloudWatch put failed; retrying at the next tick");
+                let mut consecutive_put_errors = 0;
                 self.state.update(|s| {
                     s.put_errors += 1;
+                    s.consecutive_put_errors += 1;
+                    if matches!(error, PutError::Timeout { .. }) {
+                        s.put_timeouts += 1;
+                    }
                     s.last_error = Some(error.to_string());
+                    s.last_put_error = Some(error.to_string());
+                    consecutive_put_errors = s.consecutive_put_errors;
                 });
+                match &error {
+                    PutError::Timeout { deadline } => tracing::warn!(
+                        deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                        consecutive_put_errors,
+                        %error,
+                        "CloudWatch put abandoned at its deadline; a fresh value goes at the next tick"
+                    ),
+                    PutError::Failed(_) => tracing::warn!(
+                        consecutive_put_errors,
+                        %error,
+                        "CloudWatch put failed; retrying at the next tick"
+                    ),
+                }
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The metrics sidecar: reads the task queue's ready count and in-flight deliveries every
 //! `PUBLISH_INTERVAL_SECONDS` and puts them into CloudWatch as `QueueDepth` and `InFlight` for the
-//! autoscaler (SPEC section 6), serving the last figures on `/health` and `/metrics`.
+//! autoscaler, serving the last figures on `/health` and `/metrics`.
 //!
 //! [`broker`] reads the ready count, [`inflight`] the in-flight count, [`cloudwatch`] puts them,
 //! [`collector`] is the loop, [`state`] and [`routes`] serve them, [`startup`] wires it all.

@@ -1,5 +1,6 @@
-//! `GET /health` (the last figures and the time of the last successful put, as JSON) and `GET /metrics`
-//! (the same in Prometheus text format).
+//! `GET /health` (the last figures, the time of the last successful put and whether puts are failing, as
+//! JSON; always HTTP 200, with `status` `"degraded"` when reads or puts fail) and `GET /metrics` (the same
+//! in Prometheus text format).
 
 use crate::state::SharedState;
 use axum::Router;
@@ -21,6 +22,7 @@ async fn health(State(state): State<SharedState>) -> impl IntoResponse {
     let mut body = serde_json::to_value(&snapshot).unwrap_or_default();
     if let Some(object) = body.as_object_mut() {
         object.insert("status".into(), snapshot.status().into());
+        object.insert("publishing".into(), snapshot.publishing().into());
     }
     Json(body)
 }

@@ -1,4 +1,4 @@
-//! The sidecar's settings (SPEC section 7), validated at start with one clear line naming the variable.
+//! The sidecar's settings, validated at start with one clear line naming the variable.
 //!
 //! CloudWatch is optional: with neither `AWS_REGION` (nor `AWS_DEFAULT_REGION`) nor `AWS_ENDPOINT_URL` set,
 //! the sidecar runs with CloudWatch off and still serves `/health` and `/metrics` (the local fleet needs
@@ -15,6 +15,16 @@ pub const DEFAULT_NAMESPACE: &str = "Euglena/RabbitMQ";
 
 /// How long the sidecar waits for RabbitMQ at start before it gives up with a clear error.
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The longest a CloudWatch put may take before it is abandoned; shorter publish intervals get half the
+/// interval instead (see [`put_deadline`]).
+pub const PUT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The deadline of one CloudWatch put for a publish `interval`: half the interval, at most
+/// [`PUT_DEADLINE`], so a stalled put is always abandoned well before the next tick is due.
+pub fn put_deadline(interval: Duration) -> Duration {
+    (interval / 2).min(PUT_DEADLINE)
+}
 
 /// Everything the sidecar reads from its environment.
 #[derive(Debug, Clone)]
@@ -35,6 +45,11 @@ pub struct Settings {
     pub cloudwatch: bool,
     /// How long to wait for RabbitMQ at start.
     pub startup_deadline: Duration,
+    /// How long one CloudWatch put may take before it is abandoned (logged, counted, and replaced by a
+    /// fresh value at the next tick). Not read from the environment: [`put_deadline`] of the interval
+    /// (5 s at the default 10 s interval). Tests may shorten it; start-up caps it at [`put_deadline`] of
+    /// the interval, so it always stays shorter than the interval.
+    pub put_deadline: Duration,
 }
 
 /// Where and how to reach the RabbitMQ management API.
@@ -75,19 +90,17 @@ impl Settings {
         let cloudwatch = ["AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"]
             .iter()
             .any(|name| reader.optional(name).is_some());
+        let interval =
+            Duration::from_secs(reader.ranged("PUBLISH_INTERVAL_SECONDS", 10_u64, 1, 3600)?);
         Ok(Self {
             port: reader.parse_or("PORT", 8082_u16)?,
             queue,
             namespace: reader.string_or("METRICS_NAMESPACE", DEFAULT_NAMESPACE),
-            interval: Duration::from_secs(reader.ranged(
-                "PUBLISH_INTERVAL_SECONDS",
-                10_u64,
-                1,
-                3600,
-            )?),
+            interval,
             management,
             cloudwatch,
             startup_deadline: STARTUP_DEADLINE,
+            put_deadline: put_deadline(interval),
             common,
         })
     }
@@ -199,6 +212,20 @@ mod tests {
         assert_eq!(settings.interval, Duration::from_secs(10));
         assert!(settings.management.is_none());
         assert!(!settings.cloudwatch, "no AWS settings: CloudWatch is off");
+        assert_eq!(settings.put_deadline, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_put_deadline_is_always_shorter_than_the_publish_interval() {
+        let deadline = |seconds: &str| {
+            load(&[("PUBLISH_INTERVAL_SECONDS", seconds)])
+                .unwrap()
+                .put_deadline
+        };
+        assert_eq!(deadline("1"), Duration::from_millis(500));
+        assert_eq!(deadline("4"), Duration::from_secs(2));
+        assert_eq!(deadline("10"), PUT_DEADLINE);
+        assert_eq!(deadline("3600"), PUT_DEADLINE);
     }
 
     #[test]

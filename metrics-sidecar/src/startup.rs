@@ -104,8 +104,17 @@ impl Application {
                 Duration::from_secs(settings.common.worker_ttl_seconds),
             )?),
         };
+        // A put must end before the next tick is due, whatever the caller set.
+        let put_deadline = settings
+            .put_deadline
+            .min(crate::settings::put_deadline(settings.interval));
         let publisher = aws.as_ref().map(|config| {
-            Publisher::new(config, settings.namespace.clone(), settings.queue.clone())
+            Publisher::new(
+                config,
+                settings.namespace.clone(),
+                settings.queue.clone(),
+                put_deadline,
+            )
         });
         let state = SharedState::new(Snapshot {
             queue: settings.queue.clone(),
@@ -120,6 +129,7 @@ impl Application {
             cloudwatch = publisher.is_some(),
             in_flight_source = in_flight.name(),
             interval_seconds = settings.interval.as_secs(),
+            put_deadline_ms = u64::try_from(put_deadline.as_millis()).unwrap_or(u64::MAX),
             "metrics sidecar ready"
         );
         Ok(Self {

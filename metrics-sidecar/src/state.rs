@@ -29,14 +29,20 @@ pub struct Snapshot {
     pub last_read_ok: bool,
     /// The latest tick's error, if any (never carries credentials).
     pub last_error: Option<String>,
+    /// Why the latest put failed, while puts are failing; `None` once one succeeds.
+    pub last_put_error: Option<String>,
     /// Successful reads.
     pub reads: u64,
     /// Failed reads.
     pub read_errors: u64,
     /// Successful puts.
     pub puts: u64,
-    /// Failed puts.
+    /// Failed puts, those abandoned at their deadline included.
     pub put_errors: u64,
+    /// Puts abandoned because they did not finish within their deadline.
+    pub put_timeouts: u64,
+    /// Puts failed in a row since the last successful one (0 once one succeeds).
+    pub consecutive_put_errors: u64,
     /// Connections opened to RabbitMQ (more than 1 means it reconnected).
     pub broker_connects: u64,
 }
@@ -69,9 +75,31 @@ impl SharedState {
 }
 
 impl Snapshot {
-    /// `"ok"` once the latest tick read the queue, `"degraded"` otherwise.
+    /// `"ok"` once the latest tick read the queue and, with CloudWatch on, the latest put (if any)
+    /// succeeded; `"degraded"` otherwise.
     pub fn status(&self) -> &'static str {
-        if self.last_read_ok { "ok" } else { "degraded" }
+        if self.last_read_ok && !self.puts_failing() {
+            "ok"
+        } else {
+            "degraded"
+        }
+    }
+
+    /// `"off"` when CloudWatch puts are off, `"failing"` while the latest put failed or was abandoned,
+    /// `"ok"` otherwise (before the first put too).
+    pub fn publishing(&self) -> &'static str {
+        if !self.cloudwatch {
+            "off"
+        } else if self.puts_failing() {
+            "failing"
+        } else {
+            "ok"
+        }
+    }
+
+    /// Whether CloudWatch puts are on and the latest one failed.
+    fn puts_failing(&self) -> bool {
+        self.cloudwatch && self.consecutive_put_errors > 0
     }
 
     /// The snapshot in the Prometheus text exposition format (0.0.4). Figures not read yet are omitted.
@@ -155,6 +183,18 @@ impl Snapshot {
             Some(self.put_errors.to_string()),
         );
         gauge(
+            "euglena_sidecar_put_timeouts_total",
+            "CloudWatch puts abandoned at their deadline.",
+            "counter",
+            Some(self.put_timeouts.to_string()),
+        );
+        gauge(
+            "euglena_sidecar_consecutive_put_errors",
+            "CloudWatch puts failed in a row since the last successful one.",
+            "gauge",
+            Some(self.consecutive_put_errors.to_string()),
+        );
+        gauge(
             "euglena_sidecar_broker_connects_total",
             "Connections opened to RabbitMQ.",
             "counter",
@@ -186,6 +226,7 @@ mod tests {
             last_read_ok: true,
             last_put_at: Some(Utc.timestamp_millis_opt(1_700_000_000_500).unwrap()),
             puts: 4,
+            put_timeouts: 2,
             ..Snapshot::default()
         };
         let text = snapshot.to_prometheus();
@@ -196,6 +237,7 @@ mod tests {
         ));
         assert!(text.contains("# TYPE euglena_sidecar_puts_total counter\neuglena_sidecar_puts_total{queue=\"agent.mandates\"} 4\n"));
         assert!(text.contains("euglena_sidecar_up{queue=\"agent.mandates\"} 1\n"));
+        assert!(text.contains("euglena_sidecar_put_timeouts_total{queue=\"agent.mandates\"} 2\n"));
     }
 
     #[test]
@@ -204,6 +246,24 @@ mod tests {
         assert!(!text.contains("euglena_queue_depth"));
         assert!(!text.contains("euglena_sidecar_last_put_timestamp_seconds"));
         assert!(text.contains("euglena_sidecar_up{queue=\"\"} 0\n"));
+    }
+
+    #[test]
+    fn failing_puts_degrade_the_status_even_when_the_reads_succeed() {
+        let mut snapshot = Snapshot {
+            cloudwatch: true,
+            last_read_ok: true,
+            ..Snapshot::default()
+        };
+        assert_eq!((snapshot.status(), snapshot.publishing()), ("ok", "ok"));
+        snapshot.consecutive_put_errors = 1;
+        assert_eq!(
+            (snapshot.status(), snapshot.publishing()),
+            ("degraded", "failing")
+        );
+        snapshot.cloudwatch = false;
+        snapshot.consecutive_put_errors = 0;
+        assert_eq!((snapshot.status(), snapshot.publishing()), ("ok", "off"));
     }
 
     #[test]

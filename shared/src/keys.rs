@@ -46,6 +46,12 @@ impl Keys {
         format!("{}task:{id}:deleted", self.prefix)
     }
 
+    /// `task:{id}:abandoned`: left by a gateway that gave up on creating the task (Redis answered too
+    /// late to know whether it was created), so a create that runs later writes and charges nothing.
+    pub fn task_abandoned(&self, id: Uuid) -> String {
+        format!("{}task:{id}:abandoned", self.prefix)
+    }
+
     /// `user:{sub}:tasks`: the user's task ids, newest first (a sorted set ordered by member).
     pub fn user_tasks(&self, sub: &str) -> String {
         format!("{}user:{sub}:tasks", self.prefix)

@@ -1,8 +1,10 @@
-//! The RabbitMQ topology (SPEC section 4), declared identically by every service that touches it.
+//! The RabbitMQ topology, declared identically by every service that touches it.
 //!
 //! `agent.mandates` is a durable quorum queue whose `x-delivery-limit` dead-letters a message that keeps
-//! failing into `agent.mandates.dlq` through the default exchange. RabbitMQ refuses a re-declaration with
-//! different arguments, so the arguments are built in exactly one place: [`Topology::queue_arguments`].
+//! failing into `agent.mandates.dlq` through the default exchange. The agents' dead-letter sweeper empties
+//! that DLQ into the parking queue `agent.mandates.dlq.parked`, where operators inspect dead letters. RabbitMQ
+//! refuses a re-declaration with different arguments, so the arguments are built in exactly one place:
+//! [`Topology::queue_arguments`] and [`Topology::parked_queue_arguments`].
 
 use crate::task::TaskMessage;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
@@ -12,6 +14,17 @@ use uuid::Uuid;
 
 /// The default task queue name.
 pub const DEFAULT_QUEUE: &str = "agent.mandates";
+
+/// How many dead letters the parking queue keeps at most; past it the oldest are dropped.
+pub const PARKED_MAX_LENGTH: i64 = 100_000;
+
+/// How long the parking queue keeps a dead letter: 14 days, in milliseconds.
+pub const PARKED_MESSAGE_TTL_MS: i64 = 14 * 24 * 60 * 60 * 1_000;
+
+/// The parking queue of the dead-letter queue `dead_letter_queue`: `{dead_letter_queue}.parked`.
+pub fn parked_queue_of(dead_letter_queue: &str) -> String {
+    format!("{dead_letter_queue}.parked")
+}
 
 /// The AMQP header carrying the HTTP request id from the gateway to the agent's task span.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -39,6 +52,36 @@ impl Topology {
         format!("{}.dlq", self.queue)
     }
 
+    /// `{queue}.dlq.parked`: where the dead-letter sweeper moves every dead letter it has handled.
+    pub fn parked_queue(&self) -> String {
+        parked_queue_of(&self.dead_letter_queue())
+    }
+
+    /// The parking queue's arguments: at most [`PARKED_MAX_LENGTH`] messages, the oldest dropped first,
+    /// each kept [`PARKED_MESSAGE_TTL_MS`] at most.
+    ///
+    /// The sweeper parks every dead letter, and nothing else takes them out: unbounded, the queue would
+    /// grow for as long as tasks keep dying until the broker's disk or memory alarm blocks every publisher,
+    /// the gateway included. The tasks' outcomes are already in Redis, so a parked letter only serves an
+    /// operator's inspection: two weeks and the latest 100,000 are plenty for that, and `drop-head` keeps
+    /// the newest ones (rather than refusing new ones) when the bound is reached.
+    pub fn parked_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(PARKED_MAX_LENGTH),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("drop-head".into()),
+        );
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(PARKED_MESSAGE_TTL_MS),
+        );
+        args
+    }
+
     /// The task queue's arguments: quorum, delivery limit, dead-lettering to the DLQ.
     pub fn queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
@@ -61,7 +104,7 @@ impl Topology {
         args
     }
 
-    /// Declares the DLQ and the task queue (idempotent).
+    /// Declares the parking queue, the DLQ and the task queue (idempotent).
     ///
     /// # Errors
     /// The broker's error, e.g. `PRECONDITION_FAILED` when the queue exists with other arguments.
@@ -70,6 +113,13 @@ impl Topology {
             durable: true,
             ..QueueDeclareOptions::default()
         };
+        channel
+            .queue_declare(
+                self.parked_queue().as_str().into(),
+                durable,
+                self.parked_queue_arguments(),
+            )
+            .await?;
         channel
             .queue_declare(
                 self.dead_letter_queue().as_str().into(),
@@ -137,6 +187,34 @@ mod tests {
         assert_eq!(
             Topology::new("agent.mandates", 3).dead_letter_queue(),
             "agent.mandates.dlq"
+        );
+    }
+
+    #[test]
+    fn the_parking_queue_is_named_after_the_dead_letter_queue() {
+        let topology = Topology::new("agent.mandates", 3);
+        assert_eq!(topology.parked_queue(), "agent.mandates.dlq.parked");
+        assert_eq!(
+            parked_queue_of(&topology.dead_letter_queue()),
+            topology.parked_queue()
+        );
+    }
+
+    #[test]
+    fn the_parking_queue_is_bounded_in_length_and_age_dropping_the_oldest() {
+        let args = Topology::new("q", 5).parked_queue_arguments();
+        let inner = args.inner();
+        assert_eq!(
+            inner.get("x-max-length"),
+            Some(&AMQPValue::LongLongInt(100_000))
+        );
+        assert_eq!(
+            inner.get("x-overflow"),
+            Some(&AMQPValue::LongString("drop-head".into()))
+        );
+        assert_eq!(
+            inner.get("x-message-ttl"),
+            Some(&AMQPValue::LongLongInt(1_209_600_000))
         );
     }
 

@@ -19,10 +19,16 @@ use uuid::Uuid;
 /// ARGV[1] new status, ARGV[2] updated_at, ARGV[3] '1' when the new status is terminal, ARGV[4] the TTL
 /// a terminal record gets, ARGV[5] space-separated statuses the task may be in, ARGV[6] ticks used for the
 /// refund ('' for none), ARGV[7] '1' to count a delivery in `attempts`, ARGV[8] task id, ARGV[9] event
-/// channel, ARGV[10] event log length, ARGV[11] the checkpoint to store ('' to leave it), ARGV[12] number N
-/// of events to append, ARGV[13 .. 12 + 2N] their kind/data pairs, then field/value pairs to write.
-/// Returns {code, status, attempts, cancel_requested}: code 1 applied, 0 refused (status is the current
-/// one), -1 missing.
+/// channel, ARGV[10] event log length, ARGV[11] the checkpoint to store ('' to leave it), ARGV[12] the
+/// worker writing under a lease ('' for none), ARGV[13] the lease's lifetime in ms, ARGV[14] number N of
+/// events to append, ARGV[15 .. 14 + 2N] their kind/data pairs, then field/value pairs to write.
+/// Returns {code, status, attempts, cancel_requested, holder}: code 1 applied, 0 refused (status is the
+/// current one), -1 missing, -2 another worker holds a live lease (holder names it).
+///
+/// The lease: a worker writing under one takes the task (`lease_worker`, `lease_at` in Redis time, ms)
+/// unless another worker's lease was renewed within the lifetime; every write it makes renews it. So a
+/// redelivered message never starts a second run beside a live one, and a worker whose task was taken
+/// over after its lease lapsed has its next write refused.
 ///
 /// A `tick` field never lowers the stored tick: a poller never sees it go backwards. A terminal move also
 /// appends the terminal event (the record as it now stands), leaves the owner's active set, deletes the
@@ -32,7 +38,7 @@ use uuid::Uuid;
 /// would need them in KEYS, which a single-node or replicated Redis (ElastiCache non-cluster) does not.
 const TRANSITION_BODY_LUA: &str = r#"
 local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return {-1, '', 0, 0} end
+if not current then return {-1, '', 0, 0, ''} end
 local cancel = 0
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then cancel = 1 end
 local allowed = false
@@ -40,11 +46,23 @@ for s in string.gmatch(ARGV[5], '%S+') do
   if s == current then allowed = true break end
 end
 if not allowed then
-  return {0, current, tonumber(redis.call('HGET', KEYS[1], 'attempts')) or 0, cancel}
+  return {0, current, tonumber(redis.call('HGET', KEYS[1], 'attempts')) or 0, cancel, ''}
+end
+if ARGV[12] ~= '' then
+  local time = redis.call('TIME')
+  local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local holder = redis.call('HGET', KEYS[1], 'lease_worker')
+  if holder and holder ~= '' and holder ~= ARGV[12] then
+    local at = tonumber(redis.call('HGET', KEYS[1], 'lease_at') or '0') or 0
+    if now_ms - at < tonumber(ARGV[13]) then
+      return {-2, current, tonumber(redis.call('HGET', KEYS[1], 'attempts')) or 0, cancel, holder}
+    end
+  end
+  redis.call('HSET', KEYS[1], 'lease_worker', ARGV[12], 'lease_at', tostring(now_ms))
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
-local events = tonumber(ARGV[12])
-local first_field = 13 + 2 * events
+local events = tonumber(ARGV[14])
+local first_field = 15 + 2 * events
 if #ARGV >= first_field then
   local pairs_ = {}
   for i = first_field, #ARGV, 2 do
@@ -75,7 +93,7 @@ if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'refunded') ~= '1' then
 end
 if ARGV[11] ~= '' then redis.call('SET', KEYS[3], ARGV[11]) end
 for i = 0, events - 1 do
-  append_event(KEYS[2], ARGV[9], ARGV[8], ARGV[10], ARGV[13 + 2 * i], ARGV[14 + 2 * i])
+  append_event(KEYS[2], ARGV[9], ARGV[8], ARGV[10], ARGV[15 + 2 * i], ARGV[16 + 2 * i])
 end
 if ARGV[3] == '1' then
   local active_key = redis.call('HGET', KEYS[1], 'active_key')
@@ -85,7 +103,7 @@ if ARGV[3] == '1' then
   redis.call('EXPIRE', KEYS[2], ARGV[4])
   redis.call('DEL', KEYS[3])
 end
-return {1, ARGV[1], attempts, cancel}
+return {1, ARGV[1], attempts, cancel, ''}
 "#;
 
 static TRANSITION: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -112,6 +130,18 @@ pub struct Transition {
     pub only_from: Option<Vec<Status>>,
     /// The task's working state to store as its checkpoint (`task:{id}:state`), in the same step.
     pub checkpoint: Option<String>,
+    /// Write under this worker's lease: refused while another worker's lease is live, renewing it
+    /// otherwise.
+    pub lease: Option<Lease>,
+}
+
+/// A worker's lease on a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The worker holding it.
+    pub worker: String,
+    /// How long it lasts after its last renewal (`WORKER_TTL_SECONDS`).
+    pub lifetime: std::time::Duration,
 }
 
 impl Transition {
@@ -125,6 +155,7 @@ impl Transition {
             events: Vec::new(),
             only_from: None,
             checkpoint: None,
+            lease: None,
         }
     }
 
@@ -155,6 +186,12 @@ impl Transition {
     /// Also store `state` as the task's checkpoint.
     pub fn checkpointing(mut self, state: String) -> Self {
         self.checkpoint = Some(state);
+        self
+    }
+
+    /// Write under `lease` (see [`Lease`]).
+    pub fn leased(mut self, lease: &Lease) -> Self {
+        self.lease = Some(lease.clone());
         self
     }
 
@@ -201,6 +238,11 @@ pub enum Outcome {
     },
     /// There is no such task.
     Missing,
+    /// Another worker holds a live lease on the task; nothing changed.
+    Leased {
+        /// The status the task is in.
+        current: Status,
+    },
 }
 
 /// A store operation failed.
@@ -262,6 +304,10 @@ pub async fn transition<C: ConnectionLike + Send>(
         .arg(keys.events_channel())
         .arg(EVENT_LOG_MAX_LEN)
         .arg(transition.checkpoint.as_deref().unwrap_or_default())
+        .arg(transition.lease.as_ref().map_or("", |l| l.worker.as_str()))
+        .arg(transition.lease.as_ref().map_or(0, |l| {
+            u64::try_from(l.lifetime.as_millis()).unwrap_or(u64::MAX)
+        }))
         .arg(transition.events.len());
     for event in &transition.events {
         invocation.arg(event.kind.as_str()).arg(&event.data);
@@ -269,7 +315,7 @@ pub async fn transition<C: ConnectionLike + Send>(
     for (name, value) in &transition.fields {
         invocation.arg(*name).arg(value);
     }
-    let (code, status, attempts, cancel): (i64, String, u32, u8) =
+    let (code, status, attempts, cancel, holder): (i64, String, u32, u8, String) =
         invocation.invoke_async(conn).await?;
     let cancel_requested = cancel == 1;
     match code {
@@ -283,6 +329,12 @@ pub async fn transition<C: ConnectionLike + Send>(
             cancel_requested,
         }),
         -1 => Ok(Outcome::Missing),
+        -2 => {
+            tracing::debug!(task_id = %id, holder, "another worker holds the task's lease");
+            Ok(Outcome::Leased {
+                current: status.parse()?,
+            })
+        }
         other => Err(StoreError::Unexpected(other.to_string())),
     }
 }

@@ -13,7 +13,11 @@ pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// few seconds. Blocking, with fresh connections on a runtime of its own, so it can run from `Drop` while
 /// the test's runtime (which drives the test's own connections) is blocked.
 pub fn remove_test_state(queue: &str, key_prefix: &str) {
-    let queues = [queue.to_owned(), format!("{queue}.dlq")];
+    let queues = [
+        queue.to_owned(),
+        format!("{queue}.dlq"),
+        format!("{queue}.dlq.parked"),
+    ];
     let pattern = format!("{key_prefix}*");
     let _ = std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()

@@ -2,13 +2,13 @@
 //! terminal write.
 //!
 //! While the executor runs, the worker stores every tick it records (status `in_progress`, the tick, the
-//! usage, and the `tick` and `memory` events, in one atomic step), heartbeats `in_progress` every status
+//! usage, the checkpoint, and the `tick` and `memory` events, in one atomic step), heartbeats `in_progress` every status
 //! interval, and stops it at once when its owner cancels it (the poll in [`super::in_hand`], or the flag a
-//! write returns), when the shutdown grace period ends, when another worker finished the task, or when the
-//! task was deleted. Stopping drops the executor's future, so a model call or page visit in flight is
+//! write returns), when the shutdown grace period ends, when another worker finished the task or took it
+//! over (a write refused for another worker's lease), or when the task was deleted. Stopping drops the executor's future, so a model call or page visit in flight is
 //! abandoned there and then.
 
-use super::{Handled, Worker};
+use super::{Checkpoint, Handled, Worker};
 use crate::executor::{ExecutionError, Report, TaskContext, TaskExecutor, TickFeed, TickReporter};
 use shared::Status;
 use shared::api::Usage;
@@ -31,6 +31,8 @@ pub(super) enum RunEnd {
     GraceExpired,
     TerminalElsewhere(Status),
     Deleted,
+    TakenOver,
+    TooLong(Duration),
 }
 
 /// What a run gathered, for its terminal write.
@@ -44,6 +46,8 @@ pub(super) struct Tally {
     pub deliverables: Vec<String>,
     /// Sources as last recorded.
     pub sources: Vec<String>,
+    /// How long earlier deliveries ran the task.
+    pub run_before: Duration,
 }
 
 pub(super) struct Ran {
@@ -72,8 +76,12 @@ impl<E: TaskExecutor> Worker<E> {
         reporter: TickReporter,
         mut feed: TickFeed,
         cancelled: CancellationToken,
+        mut tally: Tally,
     ) -> Ran {
         let id = context.id;
+        let started = Instant::now();
+        let max_run = self.config.max_run;
+        let deadline = started + max_run.saturating_sub(tally.run_before);
         let cancel = CancellationToken::new();
         let _cancel_on_exit = cancel.clone().drop_guard();
         let run = self.executor.execute(context, reporter, cancel.clone());
@@ -81,8 +89,7 @@ impl<E: TaskExecutor> Worker<E> {
         let period = self.config.status_interval;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut started = false;
-        let mut tally = Tally::default();
+        let mut ticking = false;
         loop {
             let step = tokio::select! {
                 biased;
@@ -91,7 +98,7 @@ impl<E: TaskExecutor> Worker<E> {
                     // Store what the executor recorded before it returned, so the log holds every tick
                     // before the terminal event.
                     while let Ok(report) = feed.reports.try_recv() {
-                        self.store_report(id, report, &mut tally).await;
+                        self.store_report(id, report, &mut tally, started).await;
                     }
                     tally.ticks = *feed.tick.borrow();
                     return Ran { end: RunEnd::Finished(result), tally };
@@ -105,17 +112,22 @@ impl<E: TaskExecutor> Worker<E> {
                     cancel.cancel();
                     return Ran { end: RunEnd::GraceExpired, tally };
                 }
-                Ok(()) = feed.tick.changed(), if !started => Step::Beat,
-                _ = heartbeat.tick() => if started { Step::Beat } else { Step::Idle },
+                () = tokio::time::sleep_until(deadline) => {
+                    cancel.cancel();
+                    tally.ticks = *feed.tick.borrow();
+                    return Ran { end: RunEnd::TooLong(max_run), tally };
+                }
+                Ok(()) = feed.tick.changed(), if !ticking => Step::Beat,
+                _ = heartbeat.tick() => if ticking { Step::Beat } else { Step::Idle },
             };
             let outcome = match step {
                 Step::Idle => continue,
                 Step::Report(report) => {
-                    started |= matches!(report, Report::Tick(_));
-                    self.store_report(id, report, &mut tally).await
+                    ticking |= matches!(report, Report::Tick(_));
+                    self.store_report(id, report, &mut tally, started).await
                 }
                 Step::Beat => {
-                    started = true;
+                    ticking = true;
                     let tick = *feed.tick.borrow_and_update();
                     let beat =
                         Transition::to(Status::InProgress).with(field::TICK, tick.to_string());
@@ -143,6 +155,13 @@ impl<E: TaskExecutor> Worker<E> {
                         tally,
                     };
                 }
+                Some(Outcome::Leased { .. }) => {
+                    cancel.cancel();
+                    return Ran {
+                        end: RunEnd::TakenOver,
+                        tally,
+                    };
+                }
                 Some(
                     Outcome::Applied {
                         cancel_requested: true,
@@ -159,8 +178,14 @@ impl<E: TaskExecutor> Worker<E> {
     }
 
     /// Stores one report: a tick with its events (retrying Redis briefly), or a usage update (kept for the
-    /// terminal write).
-    async fn store_report(&self, id: Uuid, report: Report, tally: &mut Tally) -> Option<Outcome> {
+    /// terminal write). `started` is when this delivery began running the task.
+    async fn store_report(
+        &self,
+        id: Uuid,
+        report: Report,
+        tally: &mut Tally,
+        started: Instant,
+    ) -> Option<Outcome> {
         let progress = match report {
             Report::Usage(usage) => {
                 tally.usage = Some(usage);
@@ -174,7 +199,10 @@ impl<E: TaskExecutor> Worker<E> {
         tally.sources.clone_from(&progress.sources);
         let mut change = Transition::to(Status::InProgress)
             .with(field::TICK, progress.event.tick.to_string())
-            .with(field::USAGE, usage_json(usage));
+            .with(field::USAGE, usage_json(usage))
+            .checkpointing(
+                Checkpoint::of(&progress, tally.run_before + started.elapsed()).encode(),
+            );
         if let Some(memory) = &progress.memory {
             change = change.event(NewEvent::new(EventKind::Memory, memory));
         }
@@ -205,12 +233,9 @@ impl<E: TaskExecutor> Worker<E> {
     }
 
     /// Ends a task without running it now (cancelled before this delivery started, or out of deliveries),
-    /// refunding what its earlier runs did not use.
+    /// with what its earlier runs gathered, refunding what they did not use.
     pub(super) async fn end_unrun(&self, id: Uuid, ending: Ending, max_ticks: u32) -> Handled {
-        let tally = Tally {
-            ticks: self.stored_tick(id).await,
-            ..Tally::default()
-        };
+        let (_, tally) = self.resume_point(id).await;
         self.end(id, ending, &tally, max_ticks).await
     }
 
@@ -230,6 +255,10 @@ impl<E: TaskExecutor> Worker<E> {
             Ok(Outcome::Missing) => {
                 tracing::info!("the task record vanished while the task ran: it was deleted");
                 Handled::Deleted
+            }
+            Ok(Outcome::Leased { .. }) => {
+                tracing::warn!("another worker took the task over; its ending is not stored");
+                Handled::TakenOver
             }
             Err(error) => Handled::Requeued(format!("cannot store the terminal status: {error}")),
         }
@@ -285,6 +314,7 @@ mod tests {
             usage: None,
             deliverables: vec!["half a report".into()],
             sources: vec!["https://example.org/".into()],
+            run_before: Duration::ZERO,
         };
         let (change, handled) = terminal(Ending::Cancelled, &tally, 10);
         assert_eq!(handled, Handled::Cancelled);

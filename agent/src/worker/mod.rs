@@ -12,16 +12,18 @@
 //! most `MAX_DELIVERIES` of them and uses the last one to mark the task `failed`, so a task whose worker
 //! keeps dying never stays `in_progress` forever.
 
+mod checkpoint;
 mod delivery;
 mod execute;
 mod in_hand;
 
+pub use checkpoint::{Checkpoint, CheckpointError};
 pub use delivery::DELIVERY_COUNT_HEADER;
 pub use in_hand::{CANCEL_POLL, InHand, TaskInHand};
 
-use crate::executor::{TaskContext, TaskExecutor, TickFeed, TickReporter};
+use crate::executor::{Resume, TaskContext, TaskExecutor, TickFeed, TickReporter};
 use delivery::{Answer, answer, header_string, header_u32};
-use execute::{Ending, RunEnd};
+use execute::{Ending, RunEnd, Tally};
 use lapin::Acker;
 use lapin::message::Delivery;
 use redis::aio::ConnectionManager;
@@ -31,7 +33,7 @@ use shared::api::AcceptedEvent;
 use shared::backoff::Backoff;
 use shared::events::{EventKind, NewEvent};
 use shared::queue::REQUEST_ID_HEADER;
-use shared::store::{Outcome, StoreError, Transition, transition};
+use shared::store::{Lease, Outcome, StoreError, Transition, transition};
 use shared::task::{TaskMessage, field};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// How long taking a task may wait for Redis before the message is given back.
 const TAKE_DEADLINE: Duration = Duration::from_secs(30);
 
+/// How often a delivery held behind another worker's live lease looks again.
+const LEASE_POLL: Duration = Duration::from_secs(1);
+
 /// What the worker needs to know besides its dependencies.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -61,6 +66,12 @@ pub struct WorkerConfig {
     /// How long a retryable failure holds its message before giving it back, times the delivery
     /// number, so a dependency hiccup is not retried in a tight loop.
     pub retry_delay: Duration,
+    /// The longest a task may run, across all its deliveries (`TASK_MAX_SECONDS`); past it the task is
+    /// stopped and failed, keeping nothing but its error, and its unused ticks are refunded.
+    pub max_run: Duration,
+    /// This worker's lease, written with every status write: a delivery of a task whose lease another
+    /// worker renewed within its lifetime (`WORKER_TTL_SECONDS`) is held, not run beside it.
+    pub lease: Lease,
 }
 
 /// How the worker learns that the process is stopping.
@@ -92,6 +103,9 @@ pub enum Handled {
     /// A redelivery of a task this worker is running (its channel died meanwhile): the running task
     /// acks this delivery when it ends.
     Adopted,
+    /// Another worker took the task over after this worker's lease lapsed; this run stopped and its
+    /// delivery was acked (the other worker holds the live one).
+    TakenOver,
 }
 
 /// Takes deliveries and runs them through a [`TaskExecutor`].
@@ -127,6 +141,8 @@ enum Taken {
     },
     Terminal(Status),
     Missing,
+    /// Another worker holds a live lease on it.
+    Held,
 }
 
 impl<E: TaskExecutor> Worker<E> {
@@ -237,7 +253,8 @@ impl<E: TaskExecutor> Worker<E> {
             | Handled::Failed(_)
             | Handled::Cancelled
             | Handled::AlreadyTerminal(_)
-            | Handled::Deleted => Answer::Ack,
+            | Handled::Deleted
+            | Handled::TakenOver => Answer::Ack,
             Handled::Rejected(_) => Answer::DeadLetter,
             Handled::Requeued(_) | Handled::Adopted => Answer::Requeue,
         };
@@ -263,11 +280,17 @@ impl<E: TaskExecutor> Worker<E> {
     ) -> Handled {
         let id = message.correlation_id;
         let header_count = header_u32(delivery, DELIVERY_COUNT_HEADER).map(|n| n + 1);
-        let (attempts, cancel_requested) = match self.take(id, header_count.unwrap_or(1)).await {
+        let (attempts, cancel_requested) = match self.take_when_free(id, header_count).await {
             Ok(Taken::Run {
                 attempts,
                 cancel_requested,
             }) => (attempts, cancel_requested),
+            Ok(Taken::Held) => {
+                tracing::info!(
+                    "another worker holds a live lease on the task; giving the message back"
+                );
+                return Handled::Requeued("another worker is running the task".to_owned());
+            }
             Ok(Taken::Terminal(status)) => {
                 tracing::info!(%status, "the task is already terminal; acked without running");
                 return Handled::AlreadyTerminal(status);
@@ -295,7 +318,21 @@ impl<E: TaskExecutor> Worker<E> {
                 .end_unrun(id, Ending::Failed(error), message.max_ticks)
                 .await;
         }
-        tracing::info!(delivery = delivery_number, "task taken");
+        // A task taken before resumes where its last stored tick left it.
+        let (resume, tally) = match delivery_number {
+            1 => (None, Tally::default()),
+            _ => self.resume_point(id).await,
+        };
+        if let Some(resume) = &resume {
+            reporter.report(resume.tick);
+            tracing::info!(
+                delivery = delivery_number,
+                after_tick = resume.tick,
+                "task resumed"
+            );
+        } else {
+            tracing::info!(delivery = delivery_number, "task taken");
+        }
 
         let owner = message.owner.clone();
         let max_ticks = message.max_ticks;
@@ -304,8 +341,11 @@ impl<E: TaskExecutor> Worker<E> {
             message,
             request_id,
             delivery: delivery_number,
+            resume,
         };
-        let ran = self.execute(context, reporter, feed, cancelled).await;
+        let ran = self
+            .execute(context, reporter, feed, cancelled, tally)
+            .await;
         match ran.end {
             RunEnd::Finished(Err(crate::ExecutionError::Retryable(error)))
                 if delivery_number < max =>
@@ -346,6 +386,44 @@ impl<E: TaskExecutor> Worker<E> {
                 Handled::AlreadyTerminal(status)
             }
             RunEnd::Deleted => self.deleted(&owner, id).await,
+            RunEnd::TooLong(max_run) => {
+                let error = format!(
+                    "the task ran longer than its time limit of {} s (TASK_MAX_SECONDS) and was stopped",
+                    max_run.as_secs()
+                );
+                tracing::warn!(%error, ticks = ran.tally.ticks, "the task ran too long");
+                self.end(id, Ending::Failed(error), &ran.tally, max_ticks)
+                    .await
+            }
+            RunEnd::TakenOver => {
+                tracing::warn!(
+                    "another worker took the task over after this worker's lease lapsed; stopped"
+                );
+                Handled::TakenOver
+            }
+        }
+    }
+
+    /// Takes the task; while another worker holds a live lease on it, waits (polling) up to the lease's
+    /// lifetime for that lease to lapse or the task to end, then gives up with [`Taken::Held`]. A
+    /// delivery met while draining is not held.
+    async fn take_when_free(
+        &self,
+        id: Uuid,
+        header_count: Option<u32>,
+    ) -> Result<Taken, StoreError> {
+        let poll = self.config.status_interval.min(LEASE_POLL);
+        // A lease seen at the start lapses within its lifetime unless renewed: hold a little longer.
+        let until = Instant::now() + self.config.lease.lifetime + 2 * poll;
+        loop {
+            let taken = self.take(id, header_count.unwrap_or(1)).await?;
+            if !matches!(taken, Taken::Held) || Instant::now() + poll > until {
+                return Ok(taken);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                () = self.stopping.draining.cancelled() => return Ok(Taken::Held),
+            }
         }
     }
 
@@ -378,6 +456,7 @@ impl<E: TaskExecutor> Worker<E> {
             },
             Outcome::Refused { current, .. } => Taken::Terminal(current),
             Outcome::Missing => Taken::Missing,
+            Outcome::Leased { .. } => Taken::Held,
         })
     }
 
@@ -409,14 +488,15 @@ impl<E: TaskExecutor> Worker<E> {
         Handled::Deleted
     }
 
-    /// Applies `change` once.
+    /// Applies `change` once, under this worker's lease.
     async fn store(&self, id: Uuid, change: &Transition) -> Result<Outcome, StoreError> {
         let mut conn = self.redis.clone();
+        let leased = change.clone().leased(&self.config.lease);
         transition(
             &mut conn,
             &self.keys,
             id,
-            change,
+            &leased,
             chrono::Utc::now(),
             self.config.task_ttl_seconds,
         )
@@ -446,16 +526,68 @@ impl<E: TaskExecutor> Worker<E> {
         }
     }
 
-    /// Ticks the task's earlier runs used (its stored tick), for a task ended without running it now.
-    async fn stored_tick(&self, id: Uuid) -> u32 {
-        let mut conn = self.redis.clone();
-        redis::cmd("HGET")
+    /// Where an earlier delivery of task `id` stopped: its checkpoint, or (when there is none, or it
+    /// cannot be read) what its record counts. `None` when it ran no tick. One round trip.
+    async fn resume_point(&self, id: Uuid) -> (Option<Resume>, Tally) {
+        let read: Result<(Option<u32>, Option<String>, Option<String>), _> = redis::pipe()
+            .cmd("HMGET")
             .arg(self.keys.task(id))
             .arg(field::TICK)
-            .query_async::<Option<u32>>(&mut conn)
+            .arg(field::USAGE)
+            .get(self.keys.task_state(id))
+            .query_async::<(Vec<Option<String>>, Option<String>)>(&mut self.redis.clone())
             .await
-            .ok()
-            .flatten()
-            .unwrap_or(0)
+            .map(|(fields, state)| {
+                let tick = fields
+                    .first()
+                    .cloned()
+                    .flatten()
+                    .and_then(|t| t.parse().ok());
+                let usage = fields.get(1).cloned().flatten();
+                (tick, usage, state)
+            });
+        let (tick, usage, state) = match read {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the checkpoint; running from the start");
+                return (None, Tally::default());
+            }
+        };
+        if let Some(text) = state {
+            match Checkpoint::decode(&text) {
+                Ok(checkpoint) => {
+                    let tally = Tally {
+                        ticks: checkpoint.tick,
+                        usage: Some(checkpoint.usage),
+                        deliverables: checkpoint.deliverables.clone(),
+                        sources: checkpoint.sources.clone(),
+                        run_before: Duration::from_millis(checkpoint.run_ms),
+                    };
+                    return (Some(checkpoint.resume()), tally);
+                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    "the checkpoint cannot be used; resuming from the task record with a fresh state"
+                ),
+            }
+        }
+        let tick = tick.unwrap_or(0);
+        if tick == 0 {
+            return (None, Tally::default());
+        }
+        let usage = usage
+            .and_then(|u| serde_json::from_str(&u).ok())
+            .unwrap_or_default();
+        let resume = Resume {
+            tick,
+            usage,
+            state: None,
+        };
+        let tally = Tally {
+            ticks: tick,
+            usage: Some(usage),
+            ..Tally::default()
+        };
+        (Some(resume), tally)
     }
 }

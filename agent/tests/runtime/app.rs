@@ -302,3 +302,121 @@ async fn a_task_in_hand_survives_a_redis_restart_and_completes_once() -> anyhow:
     agent.shutdown().await?;
     env.cleanup().await
 }
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Accepts on `listener` and splices every connection to RabbitMQ.
+async fn forward_to_rabbitmq(listener: tokio::net::TcpListener) {
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn an_agent_serves_health_while_it_waits_for_the_broker_and_reports_ok_once_connected()
+-> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let broker_port = free_port()?;
+    let health_port = free_port()?;
+    let mut vars = env.agent_env();
+    let worker_id = format!("starting-{}", &env.prefix[5..13]);
+    vars.insert("WORKER_ID".into(), worker_id.clone());
+    vars.insert("HEALTH_PORT".into(), health_port.to_string());
+    vars.insert(
+        "RABBITMQ_URL".into(),
+        format!("amqp://guest:guest@127.0.0.1:{broker_port}/%2f"),
+    );
+    vars.insert("STARTUP_TIMEOUT_SECONDS".into(), "30".into());
+    let settings = AgentSettings::from_source(&Reader::new(vars))?;
+    let executor = env.scripted(&worker_id).await?;
+    let started = tokio::time::Instant::now();
+    let building = tokio::spawn(Application::build(settings, executor));
+
+    let url = format!("http://127.0.0.1:{health_port}/health");
+    let starting: serde_json::Value = poll(Duration::from_secs(1), || async {
+        match reqwest::get(&url).await {
+            Ok(response) if response.status() == 200 => Ok(Some(response.json().await?)),
+            _ => Ok(None),
+        }
+    })
+    .await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "served within the first second"
+    );
+    assert_eq!(starting["status"], "starting");
+    assert_eq!(starting["worker_id"], worker_id.as_str());
+    assert_eq!(starting["components"]["rabbitmq"], false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still: serde_json::Value = reqwest::get(&url).await?.json().await?;
+    assert_eq!(
+        (
+            still["status"].as_str(),
+            still["components"]["redis"].as_bool()
+        ),
+        (Some("starting"), Some(true)),
+        "Redis is reached, the broker is not: {still}"
+    );
+    assert!(
+        !building.is_finished(),
+        "start-up still waits for the broker"
+    );
+
+    let forwarder = tokio::spawn(forward_to_rabbitmq(
+        tokio::net::TcpListener::bind(("127.0.0.1", broker_port)).await?,
+    ));
+    let app = tokio::time::timeout(Duration::from_secs(15), building).await???;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
+    let ok: serde_json::Value = poll(Duration::from_secs(5), || async {
+        let report: serde_json::Value = reqwest::get(&url).await?.json().await?;
+        Ok((report["status"] == "ok").then_some(report))
+    })
+    .await?;
+    assert_eq!(ok["components"]["rabbitmq"], true);
+    assert_eq!(ok["state"], "free");
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), task).await???;
+    forwarder.abort();
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn an_agent_that_cannot_reach_the_broker_by_its_deadline_stops_serving_health_and_fails()
+-> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let health_port = free_port()?;
+    let mut vars = env.agent_env();
+    vars.insert("WORKER_ID".into(), format!("never-{}", &env.prefix[5..13]));
+    vars.insert("HEALTH_PORT".into(), health_port.to_string());
+    vars.insert(
+        "RABBITMQ_URL".into(),
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port()?),
+    );
+    vars.insert("STARTUP_TIMEOUT_SECONDS".into(), "1".into());
+    let settings = AgentSettings::from_source(&Reader::new(vars))?;
+    let executor = env.scripted("never").await?;
+
+    let error = Application::build(settings, executor)
+        .await
+        .expect_err("no broker, no agent");
+
+    assert!(error.to_string().contains("RabbitMQ"), "{error}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = format!("http://127.0.0.1:{health_port}/health");
+    assert!(
+        reqwest::get(&url).await.is_err(),
+        "the health port is released with the failed start-up"
+    );
+    env.cleanup().await
+}

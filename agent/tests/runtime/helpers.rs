@@ -252,8 +252,19 @@ impl TestEnv {
         Ok(runs.unwrap_or(0))
     }
 
-    /// A worker on this test's keys.
+    /// A worker on this test's keys, with a lease of its own that lapses a second after its last write
+    /// (so a second worker takes over a task the first one abandoned after about a second).
     pub fn worker<E: TaskExecutor>(&self, executor: E, stopping: Stopping) -> Worker<E> {
+        self.worker_with(executor, stopping, Duration::from_secs(3600))
+    }
+
+    /// A worker as [`TestEnv::worker`] whose tasks may run for `max_run` at most.
+    pub fn worker_with<E: TaskExecutor>(
+        &self,
+        executor: E,
+        stopping: Stopping,
+        max_run: Duration,
+    ) -> Worker<E> {
         Worker::new(
             Arc::new(executor),
             self.redis.clone(),
@@ -264,6 +275,11 @@ impl TestEnv {
                 task_ttl_seconds: 600,
                 status_interval: Duration::from_millis(200),
                 retry_delay: Duration::from_millis(10),
+                max_run,
+                lease: shared::store::Lease {
+                    worker: format!("test-worker-{}", Uuid::new_v4().simple()),
+                    lifetime: Duration::from_secs(1),
+                },
             },
             stopping,
         )
@@ -295,6 +311,7 @@ impl TestEnv {
         for queue in [
             self.topology.queue.clone(),
             self.topology.dead_letter_queue(),
+            self.topology.parked_queue(),
         ] {
             channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

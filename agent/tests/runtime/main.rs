@@ -10,6 +10,8 @@ mod app;
 mod disruptive;
 mod helpers;
 mod process;
+mod purger;
+mod resume;
 mod steer;
 mod store;
 mod sweeper;

@@ -1,6 +1,7 @@
 //! Whole agents as child processes (the `scripted_agent` example): crashes and signals.
 
 use crate::helpers::{AgentProcess, TestEnv, poll};
+use anyhow::Context;
 use shared::Status;
 use std::time::Duration;
 
@@ -187,4 +188,68 @@ impl<T> WithLogs<T> for anyhow::Result<T> {
             error.context(format!("log of {}:\n{}", agent.worker_id, agent.logs()))
         })
     }
+}
+
+/// Closes the broker connection named `name` (an agent names its connection after its worker id), as a
+/// network blip, a broker failover or the consumer timeout would.
+fn close_broker_connection(name: &str) -> anyhow::Result<()> {
+    let listing = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()?;
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let needle = format!("{{\"connection_name\",\"{name}\"}}");
+    let pid = listing
+        .lines()
+        .find(|line| line.contains(&needle))
+        .and_then(|line| line.split_whitespace().next())
+        .with_context(|| format!("no broker connection named {name}:\n{listing}"))?;
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "close_connection", pid, "closed by a test"])
+        .status()?;
+    anyhow::ensure!(status.success(), "rabbitmqctl close_connection failed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_task_whose_holder_loses_its_broker_connection_is_not_run_a_second_time_beside_it()
+-> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let suffix = &env.prefix[5..13];
+    let mut first = AgentProcess::spawn(&env, &format!("lease-a-{suffix}"), &[])?;
+    let mut second = AgentProcess::spawn(&env, &format!("lease-b-{suffix}"), &[])?;
+    first.wait_registered(&env).await?;
+    second.wait_registered(&env).await?;
+    let id = env.create_task("ticks=16 tick_ms=250", 20).await?;
+    env.wait_record(id, Duration::from_secs(10), |r| {
+        r.status == Status::InProgress
+    })
+    .await?;
+    let holder_id = holder(&env, &[&first, &second], id).await?;
+    let (holder, other) = if holder_id == first.worker_id {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+
+    close_broker_connection(&holder.worker_id)?;
+    let record = env
+        .wait_record(id, Duration::from_secs(30), |r| r.status.is_terminal())
+        .await
+        .with_context_logs(holder)?;
+
+    assert_eq!(record.status, Status::Completed, "{:?}", record.error);
+    assert_eq!(
+        env.runs(id).await?,
+        1,
+        "the task ran once, on its holder; logs:\n{}\n{}",
+        holder.logs(),
+        other.logs()
+    );
+    let summary = record.result.map(|r| r.summary).unwrap_or_default();
+    assert_eq!(summary, format!("done by {}", holder.worker_id));
+    env.wait_ready(&env.topology.queue, 0).await?;
+    assert_eq!(env.ready(&env.topology.dead_letter_queue()).await?, 0);
+    first.kill9().await?;
+    second.kill9().await?;
+    env.cleanup().await
 }

@@ -55,7 +55,7 @@ async fn request_cancel(env: &TestEnv, id: Uuid) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn progress(tick: u32, deliverables: &[&str]) -> Progress {
+pub fn progress(tick: u32, deliverables: &[&str]) -> Progress {
     Progress {
         event: TickEvent {
             tick,
@@ -79,6 +79,7 @@ fn progress(tick: u32, deliverables: &[&str]) -> Progress {
         }),
         deliverables: deliverables.iter().map(|d| d.to_string()).collect(),
         sources: Vec::new(),
+        state: Some(serde_json::json!({"notes": [format!("after tick {tick}")]})),
     }
 }
 

@@ -348,3 +348,71 @@ async fn a_delivery_that_arrives_while_draining_is_given_back_without_running() 
     env.wait_ready(&env.topology.queue, 1).await?;
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn a_message_and_record_from_a_newer_release_run_instead_of_being_dead_lettered()
+-> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let message = env.store_task("ticks=2", 5).await?;
+    let id = message.correlation_id;
+    redis::cmd("HSET")
+        .arg(env.keys.task(id))
+        .arg("priority")
+        .arg("high")
+        .query_async::<()>(&mut env.redis.clone())
+        .await?;
+    let mut body = serde_json::to_value(&message)?;
+    body["priority"] = "high".into();
+    body["trace"] = serde_json::json!({"parent": "00-abc-def-01"});
+    env.publish_raw(&serde_json::to_vec(&body)?).await?;
+    let worker = env.worker(env.scripted("w").await?, Stopping::default());
+
+    let handled = worker.try_execute_task(env.next_delivery().await?).await;
+
+    assert_eq!(handled, Handled::Completed);
+    let record = env.record(id).await?;
+    assert_eq!((record.status, record.tick), (Status::Completed, 2));
+    assert_eq!(env.quota_used().await?, 2);
+    assert_eq!(env.ready(&env.topology.dead_letter_queue()).await?, 0);
+    let kept: Option<String> = redis::cmd("HGET")
+        .arg(env.keys.task(id))
+        .arg("priority")
+        .query_async(&mut env.redis.clone())
+        .await?;
+    assert_eq!(
+        kept.as_deref(),
+        Some("high"),
+        "fields it does not know are left alone"
+    );
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_record_from_an_older_release_without_the_newer_fields_runs_and_is_refunded()
+-> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let message = env.store_task("ticks=2", 5).await?;
+    let id = message.correlation_id;
+    redis::cmd("HDEL")
+        .arg(env.keys.task(id))
+        .arg(shared::task::field::USAGE)
+        .arg(shared::task::field::ACTIVE_KEY)
+        .arg(shared::task::field::CANCEL_REQUESTED)
+        .query_async::<()>(&mut env.redis.clone())
+        .await?;
+    env.publish(&message).await?;
+    let worker = env.worker(env.scripted("w").await?, Stopping::default());
+
+    let handled = worker.try_execute_task(env.next_delivery().await?).await;
+
+    assert_eq!(handled, Handled::Completed);
+    let record = env.record(id).await?;
+    assert_eq!((record.status, record.tick), (Status::Completed, 2));
+    assert_eq!(
+        env.quota_used().await?,
+        2,
+        "the three ticks not run are refunded"
+    );
+    assert_eq!(env.ready(&env.topology.dead_letter_queue()).await?, 0);
+    env.cleanup().await
+}

@@ -5,7 +5,7 @@ use crate::extract::{AuthUser, JsonBody, TaskId};
 use crate::routes::openapi::ErrorResponse;
 use crate::state::AppState;
 use crate::store::{
-    Created, Cursor, Idempotency, ListQuery, NewTask, ReplayState, TaskStore,
+    Created, Cursor, Idempotency, ListQuery, NewTask, ReplayState,
     create::{Replay, replay},
 };
 use axum::Json;
@@ -97,7 +97,7 @@ pub fn validate(
 /// [`ApiError::InvalidRequest`] for a key outside those rules.
 pub fn idempotency(
     headers: &HeaderMap,
-    store: &TaskStore,
+    keys: &shared::Keys,
     owner: &str,
     task: &ValidTask,
 ) -> Result<Option<Idempotency>, ApiError> {
@@ -122,7 +122,7 @@ pub fn idempotency(
         .map(|b| format!("{b:02x}"))
         .collect();
     Ok(Some(Idempotency {
-        key: store.keys().idempotency(owner, key),
+        key: keys.idempotency(owner, key),
         fingerprint,
     }))
 }
@@ -164,7 +164,7 @@ pub async fn create_task(
         settings.max_mandate_chars,
         settings.max_ticks_per_task,
     )?;
-    let idempotency = idempotency(&headers, &state.store, &user.sub, &task)?;
+    let idempotency = idempotency(&headers, state.store.keys(), &user.sub, &task)?;
     let id = Uuid::new_v4();
     tracing::Span::current().record("task_id", tracing::field::display(id));
     let now = chrono::Utc::now();
@@ -188,8 +188,16 @@ pub async fn create_task(
             active_cap: settings.max_active_tasks_per_user,
             idempotency: idempotency.clone(),
         })
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .await;
+    let created = match created {
+        Ok(created) => created,
+        Err(error) => {
+            // Redis may have run the create and answered late: make sure it charges nothing.
+            let reason = format!("the task could not be recorded: {error}");
+            state.enqueuer.abandon(id, &reason).await;
+            return Err(ApiError::Unavailable(reason));
+        }
+    };
     match created {
         Created::Recorded { .. } => {}
         Created::QuotaExceeded { remaining } => {
@@ -205,6 +213,11 @@ pub async fn create_task(
             });
         }
         Created::Duplicate => return Err(ApiError::Internal(format!("task id {id} collided"))),
+        Created::Abandoned => {
+            return Err(ApiError::Internal(format!(
+                "task id {id} was abandoned before it was created"
+            )));
+        }
         Created::KeyReused => return Err(ApiError::IdempotencyKeyReused),
         Created::Replay { task, state: first } => {
             return replayed(&state, &user.sub, task, first).await;
@@ -486,8 +499,7 @@ mod tests {
 
     #[test]
     fn an_idempotency_key_must_be_printable_ascii_of_at_most_255() {
-        let store =
-            TaskStore::new("redis://127.0.0.1:1/0", shared::Keys::new("p:"), 60, 1).unwrap();
+        let keys = shared::Keys::new("p:");
         let task = ValidTask {
             mandate: "m".into(),
             max_ticks: 3,
@@ -495,7 +507,7 @@ mod tests {
         let with = |key: &str| {
             let mut headers = HeaderMap::new();
             headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_str(key).unwrap());
-            idempotency(&headers, &store, "u", &task)
+            idempotency(&headers, &keys, "u", &task)
         };
         assert!(with(&"k".repeat(255)).unwrap().is_some());
         assert!(with(&"k".repeat(256)).is_err());
@@ -504,7 +516,7 @@ mod tests {
         let entry = with("order-7").unwrap().unwrap();
         assert_eq!(entry.key, "p:idempotency:u:order-7");
         assert_eq!(
-            idempotency(&HeaderMap::new(), &store, "u", &task)
+            idempotency(&HeaderMap::new(), &keys, "u", &task)
                 .unwrap()
                 .map(|i| i.key),
             None
@@ -513,8 +525,7 @@ mod tests {
 
     #[test]
     fn the_same_request_has_the_same_fingerprint_and_another_does_not() {
-        let store =
-            TaskStore::new("redis://127.0.0.1:1/0", shared::Keys::new("p:"), 60, 1).unwrap();
+        let keys = shared::Keys::new("p:");
         let mut headers = HeaderMap::new();
         headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_static("k"));
         let print = |mandate: &str, max_ticks| {
@@ -522,7 +533,7 @@ mod tests {
                 mandate: mandate.into(),
                 max_ticks,
             };
-            idempotency(&headers, &store, "u", &task)
+            idempotency(&headers, &keys, "u", &task)
                 .unwrap()
                 .unwrap()
                 .fingerprint

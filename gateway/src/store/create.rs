@@ -8,7 +8,7 @@ use super::{StoreError, TaskStore};
 use crate::quota::QUOTA_KEY_TTL_SECONDS;
 use shared::Status;
 use shared::api::CreatedEvent;
-use shared::events::{APPEND_EVENT_LUA, EVENT_LOG_MAX_LEN, EventKind, NewEvent};
+use shared::events::{EVENT_LOG_MAX_LEN, EventKind, NewEvent};
 use shared::task::TaskRecord;
 use std::sync::LazyLock;
 use uuid::Uuid;
@@ -16,28 +16,39 @@ use uuid::Uuid;
 /// An idempotency entry is kept this long after the request that created it.
 pub const IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 3600;
 
+/// How long an abandon mark is kept: far longer than any create can wait in Redis.
+const ABANDON_MARK_TTL_SECONDS: u64 = 3600;
+
 /// Index entries older than this many task lifetimes are dropped when a task is created: their records
 /// expired long ago.
 const INDEX_RETENTION_TTLS: u64 = 2;
 
 /// KEYS[1] quota key, KEYS[2] task key, KEYS[3] its event log, KEYS[4] the owner's task index, KEYS[5] the
-/// owner's active set, KEYS[6] the idempotency entry (only when the request carries a key).
+/// owner's active set, KEYS[6] the task's abandon marker, KEYS[7] the idempotency entry (only when the
+/// request carries a key).
 /// ARGV[1] ticks to charge, ARGV[2] daily limit, ARGV[3] quota key TTL, ARGV[4] active-task cap, ARGV[5]
-/// task id, ARGV[6] index member, ARGV[7] creation time (ms), ARGV[8] event channel, ARGV[9] event log
-/// length, ARGV[10] `created` event data, ARGV[11] request fingerprint, ARGV[12] idempotency TTL, ARGV[13]
-/// index members below this one are dropped, ARGV[14..] the record's field/value pairs.
+/// task id, ARGV[6] index member, ARGV[7] creation time (ms), ARGV[8] event log length, ARGV[9] `created`
+/// event data, ARGV[10] request fingerprint, ARGV[11] idempotency TTL, ARGV[12] index members below this
+/// one are dropped, ARGV[13..] the record's field/value pairs.
+///
+/// The `created` event is logged but not announced: nobody can be following a task whose id this very
+/// request is about to hand out, and announcing it would cost every gateway a message per task created.
 /// Returns {1, remaining} recorded; {0, remaining} over the quota; {-1, 0} the task id exists; {-2, active}
 /// at the cap; {-3, ''} the key was used with another request; {-4, task id, state} the key was used with
-/// this request before. Nothing is written unless the answer is 1.
+/// this request before; {-5, 0} the gateway abandoned this create already. Nothing is written unless the
+/// answer is 1.
 const CREATE_BODY_LUA: &str = r#"
-if #KEYS == 6 then
-  local entry = redis.call('HMGET', KEYS[6], 'task', 'task_key', 'fingerprint', 'state')
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  return {-5, 0}
+end
+if #KEYS == 7 then
+  local entry = redis.call('HMGET', KEYS[7], 'task', 'task_key', 'fingerprint', 'state')
   if entry[1] then
     if redis.call('EXISTS', entry[2]) == 1 then
-      if entry[3] ~= ARGV[11] then return {-3, ''} end
+      if entry[3] ~= ARGV[10] then return {-3, ''} end
       return {-4, entry[1], entry[4]}
     end
-    redis.call('DEL', KEYS[6])
+    redis.call('DEL', KEYS[7])
   end
 end
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -55,20 +66,19 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 redis.call('INCRBY', KEYS[1], charge)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('HSET', KEYS[2], unpack(ARGV, 14))
+redis.call('HSET', KEYS[2], unpack(ARGV, 13))
 redis.call('ZADD', KEYS[4], 0, ARGV[6])
-redis.call('ZREMRANGEBYLEX', KEYS[4], '-', '(' .. ARGV[13])
+redis.call('ZREMRANGEBYLEX', KEYS[4], '-', '(' .. ARGV[12])
 redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5])
-append_event(KEYS[3], ARGV[8], ARGV[5], ARGV[9], 'created', ARGV[10])
-if #KEYS == 6 then
-  redis.call('HSET', KEYS[6], 'task', ARGV[5], 'task_key', KEYS[2], 'fingerprint', ARGV[11], 'state', 'in_progress')
-  redis.call('EXPIRE', KEYS[6], ARGV[12])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'type', 'created', 'data', ARGV[9])
+if #KEYS == 7 then
+  redis.call('HSET', KEYS[7], 'task', ARGV[5], 'task_key', KEYS[2], 'fingerprint', ARGV[10], 'state', 'in_progress')
+  redis.call('EXPIRE', KEYS[7], ARGV[11])
 end
 return {1, limit - used - charge}
 "#;
 
-static CREATE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(&format!("{APPEND_EVENT_LUA}{CREATE_BODY_LUA}")));
+static CREATE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CREATE_BODY_LUA));
 
 /// A task to create.
 #[derive(Debug)]
@@ -125,6 +135,8 @@ pub enum Created {
     Duplicate,
     /// The idempotency key was used with another request; nothing was written.
     KeyReused,
+    /// The gateway had abandoned this create (an earlier reply came too late); nothing was written.
+    Abandoned,
     /// The idempotency key was used with this same request, which created `task`.
     Replay {
         /// The task the first request created.
@@ -160,13 +172,14 @@ impl TaskStore {
             },
         );
         self.bounded(async {
-            let mut conn = self.connection().await?;
+            let mut conn = self.connection();
             let mut invocation = CREATE.key(&record.quota_key);
             invocation
                 .key(self.keys.task(task.id))
                 .key(self.keys.task_events(task.id))
                 .key(self.keys.user_tasks(owner))
-                .key(&record.active_key);
+                .key(&record.active_key)
+                .key(self.keys.task_abandoned(task.id));
             if let Some(idempotency) = &task.idempotency {
                 invocation.key(&idempotency.key);
             }
@@ -178,7 +191,6 @@ impl TaskStore {
                 .arg(task.id.to_string())
                 .arg(index_member(created_ms, task.id))
                 .arg(created_ms)
-                .arg(self.keys.events_channel())
                 .arg(EVENT_LOG_MAX_LEN)
                 .arg(&created.data)
                 .arg(
@@ -194,8 +206,28 @@ impl TaskStore {
             for (name, value) in record.to_fields() {
                 invocation.arg(name).arg(value);
             }
-            let answer: Vec<redis::Value> = invocation.invoke_async(&mut *conn).await?;
+            let answer: Vec<redis::Value> = invocation.invoke_async(&mut conn).await?;
             read_answer(&answer)
+        })
+        .await
+    }
+
+    /// Gives up on a create whose answer never came (Redis may have run it, or may run it still): marks
+    /// it abandoned, so a create that runs after this writes nothing, and says whether the task was
+    /// recorded before the mark (then it must be failed and refunded). Idempotent.
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails; try again.
+    pub async fn abandon_create(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.bounded(async {
+            let mut conn = self.connection();
+            let (recorded,): (bool,) = redis::pipe()
+                .set_ex(self.keys.task_abandoned(id), 1, ABANDON_MARK_TTL_SECONDS)
+                .ignore()
+                .exists(self.keys.task(id))
+                .query_async(&mut conn)
+                .await?;
+            Ok(recorded)
         })
         .await
     }
@@ -206,12 +238,12 @@ impl TaskStore {
     /// [`StoreError`] when Redis fails.
     pub async fn mark_idempotency_done(&self, key: &str) -> Result<(), StoreError> {
         self.bounded(async {
-            let mut conn = self.connection().await?;
+            let mut conn = self.connection();
             redis::cmd("HSET")
                 .arg(key)
                 .arg("state")
                 .arg("done")
-                .query_async::<()>(&mut *conn)
+                .query_async::<()>(&mut conn)
                 .await?;
             Ok(())
         })
@@ -247,6 +279,7 @@ fn read_answer(answer: &[redis::Value]) -> Result<Created, StoreError> {
             active: count(int(1)?),
         },
         -3 => Created::KeyReused,
+        -5 => Created::Abandoned,
         -4 => Created::Replay {
             task: text(1)?.parse().map_err(|_| unexpected())?,
             state: if text(2)? == "done" {

@@ -80,13 +80,13 @@ impl TaskStore {
             Vec<Entry>,
         ) = self
             .bounded(async {
-                let mut conn = self.connection().await?;
+                let mut conn = self.connection();
                 Ok(OPEN_LOG
                     .key(self.keys.task(id))
                     .key(self.keys.task_events(id))
                     .arg(resume_after.map(|a| a.to_string()).unwrap_or_default())
                     .arg(EVENT_LOG_MAX_LEN * 2)
-                    .invoke_async(&mut *conn)
+                    .invoke_async(&mut conn)
                     .await?)
             })
             .await?;
@@ -113,14 +113,14 @@ impl TaskStore {
     pub async fn events_after(&self, id: Uuid, after: EntryId) -> Result<Vec<Notice>, StoreError> {
         let entries: Vec<Entry> = self
             .bounded(async {
-                let mut conn = self.connection().await?;
+                let mut conn = self.connection();
                 Ok(redis::cmd("XRANGE")
                     .arg(self.keys.task_events(id))
                     .arg(format!("({after}"))
                     .arg("+")
                     .arg("COUNT")
                     .arg(EVENT_LOG_MAX_LEN * 2)
-                    .query_async(&mut *conn)
+                    .query_async(&mut conn)
                     .await?)
             })
             .await?;

@@ -143,7 +143,7 @@ impl TaskStore {
     ) -> Result<Vec<String>, StoreError> {
         let max = before.map_or_else(|| "+".to_owned(), |member| format!("({member}"));
         self.bounded(async {
-            let mut conn = self.connection().await?;
+            let mut conn = self.connection();
             Ok(redis::cmd("ZREVRANGEBYLEX")
                 .arg(index)
                 .arg(max)
@@ -151,7 +151,7 @@ impl TaskStore {
                 .arg("LIMIT")
                 .arg(0)
                 .arg(count)
-                .query_async(&mut *conn)
+                .query_async(&mut conn)
                 .await?)
         })
         .await
@@ -175,8 +175,8 @@ impl TaskStore {
         }
         let all: Vec<HashMap<String, String>> = self
             .bounded(async {
-                let mut conn = self.connection().await?;
-                Ok(pipe.query_async(&mut *conn).await?)
+                let mut conn = self.connection();
+                Ok(pipe.query_async(&mut conn).await?)
             })
             .await?;
         ids.into_iter()
@@ -192,11 +192,11 @@ impl TaskStore {
     async fn prune(&self, index: &str, members: &[String]) {
         let pruned = self
             .bounded(async {
-                let mut conn = self.connection().await?;
+                let mut conn = self.connection();
                 redis::cmd("ZREM")
                     .arg(index)
                     .arg(members)
-                    .query_async::<()>(&mut *conn)
+                    .query_async::<()>(&mut conn)
                     .await?;
                 Ok(())
             })

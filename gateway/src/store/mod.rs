@@ -15,9 +15,8 @@ pub use events::LogStart;
 pub use list::{Cursor, ListPage, ListQuery};
 pub use steer::{CancelOutcome, DeleteOutcome};
 
-use crate::redis_pool::{Manager, Pool};
+use crate::connections::Connections;
 use chrono::{DateTime, Utc};
-use deadpool::managed::{PoolConfig, Timeouts};
 use redis::AsyncCommands;
 use shared::Keys;
 use shared::store::{Outcome, Transition, transition};
@@ -33,9 +32,9 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_millis(800);
 /// A Redis operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// No connection could be had from the pool (Redis down, or the pool exhausted).
-    #[error("no redis connection: {0}")]
-    Pool(String),
+    /// The Redis URL is unusable.
+    #[error("invalid redis url: {0}")]
+    Url(String),
     /// Redis answered with an error or the connection broke.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -56,7 +55,7 @@ pub enum StoreError {
 /// Task records and counts in Redis.
 #[derive(Clone)]
 pub struct TaskStore {
-    pool: Pool,
+    redis: Connections,
     keys: Keys,
     task_ttl_seconds: u64,
 }
@@ -65,37 +64,26 @@ impl std::fmt::Debug for TaskStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskStore")
             .field("keys", &self.keys)
-            .field("pool", &self.pool.status())
+            .field("redis", &self.redis)
             .finish()
     }
 }
 
 impl TaskStore {
-    /// A store over a pool of `max_connections` connections to `url`. Connects lazily.
+    /// A store over `connections` shared connections to `url`. Connects on first use.
     ///
     /// # Errors
-    /// [`StoreError::Pool`] when the URL is invalid.
+    /// [`StoreError::Url`] when the URL is invalid.
     pub fn new(
         url: &str,
         keys: Keys,
         task_ttl_seconds: u64,
-        max_connections: usize,
+        connections: usize,
     ) -> Result<Self, StoreError> {
-        let manager = Manager::new(url, OPERATION_TIMEOUT)
-            .map_err(|e| StoreError::Pool(redact(&e.to_string())))?;
-        let mut config = PoolConfig::new(max_connections);
-        config.timeouts = Timeouts {
-            wait: Some(OPERATION_TIMEOUT),
-            create: Some(OPERATION_TIMEOUT),
-            recycle: Some(OPERATION_TIMEOUT),
-        };
-        let pool = Pool::builder(manager)
-            .config(config)
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let redis = Connections::new(url, connections, OPERATION_TIMEOUT)
+            .map_err(|e| StoreError::Url(redact(&e.to_string())))?;
         Ok(Self {
-            pool,
+            redis,
             keys,
             task_ttl_seconds,
         })
@@ -120,31 +108,30 @@ impl TaskStore {
             .map_err(|_| StoreError::Timeout)?
     }
 
-    async fn connection(&self) -> Result<deadpool::managed::Object<Manager>, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Pool(redact(&e.to_string())))
+    fn connection(&self) -> redis::aio::ConnectionManager {
+        self.redis.get()
     }
 
     /// Answers whether Redis responds to PING.
     pub async fn ping(&self) -> bool {
         self.bounded(async {
-            let mut conn = self.connection().await?;
-            let pong: String = redis::cmd("PING").query_async(&mut *conn).await?;
+            let mut conn = self.connection();
+            let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
             Ok(pong == "PONG")
         })
         .await
         .unwrap_or(false)
     }
 
-    /// Marks a task failed with `error`, refunding all its ticks (it never ran).
+    /// Marks a task that is still `pending` failed with `error`, refunding all its ticks (it never ran).
+    /// A task an agent has already taken is left alone: its message was queued after all.
     ///
     /// # Errors
     /// [`StoreError`] when Redis fails.
     #[tracing::instrument(skip_all, fields(task_id = %id))]
     pub async fn fail_unqueued(&self, id: Uuid, error: &str) -> Result<Outcome, StoreError> {
-        self.apply(id, &Transition::fail(error, 0)).await
+        let change = Transition::fail(error, 0).only_from(&[shared::Status::Pending]);
+        self.apply(id, &change).await
     }
 
     /// Reads a task record in one round trip; `None` when there is no such task.
@@ -153,8 +140,8 @@ impl TaskStore {
     /// [`StoreError`] when Redis fails or the record is malformed.
     pub async fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
         self.bounded(async {
-            let mut conn = self.connection().await?;
-            let fields: HashMap<String, String> = (*conn).hgetall(self.keys.task(id)).await?;
+            let mut conn = self.connection();
+            let fields: HashMap<String, String> = conn.hgetall(self.keys.task(id)).await?;
             record_of(&fields)
         })
         .await
@@ -175,9 +162,9 @@ impl TaskStore {
     /// [`StoreError`] when Redis fails.
     pub async fn apply(&self, id: Uuid, change: &Transition) -> Result<Outcome, StoreError> {
         self.bounded(async {
-            let mut conn = self.connection().await?;
+            let mut conn = self.connection();
             Ok(transition(
-                &mut *conn,
+                &mut conn,
                 &self.keys,
                 id,
                 change,
@@ -199,9 +186,9 @@ impl TaskStore {
         ttl: Duration,
     ) -> Result<shared::presence::Fleet, StoreError> {
         self.bounded(async {
-            let mut conn = self.connection().await?;
+            let mut conn = self.connection();
             Ok(
-                shared::presence::read_fleet(&mut *conn, &self.keys, now.timestamp_millis(), ttl)
+                shared::presence::read_fleet(&mut conn, &self.keys, now.timestamp_millis(), ttl)
                     .await?,
             )
         })
@@ -219,7 +206,7 @@ impl TaskStore {
         ttl: Duration,
     ) -> Result<u64, StoreError> {
         self.bounded(async {
-            let mut conn = self.connection().await?;
+            let mut conn = self.connection();
             let key = self.keys.workers_status();
             let oldest_live = now.timestamp_millis() - i64::try_from(ttl.as_millis()).unwrap_or(0);
             let (count,): (u64,) = redis::pipe()
@@ -227,7 +214,7 @@ impl TaskStore {
                 .zrembyscore(&key, "-inf", format!("({oldest_live}"))
                 .ignore()
                 .zcard(&key)
-                .query_async(&mut *conn)
+                .query_async(&mut conn)
                 .await?;
             Ok(count)
         })

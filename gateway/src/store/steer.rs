@@ -103,7 +103,7 @@ impl TaskStore {
                         });
                     }
                     Outcome::Missing => return Ok(CancelOutcome::Missing),
-                    Outcome::Refused { .. } => continue,
+                    Outcome::Refused { .. } | Outcome::Leased { .. } => continue,
                 }
             }
             match self.request_cancel(id).await? {
@@ -139,7 +139,7 @@ impl TaskStore {
             .join(" ");
         let event = NewEvent::new(EventKind::Cancelling, &CancellingEvent::default());
         self.bounded(async {
-            let mut conn = self.connection().await?;
+            let mut conn = self.connection();
             let (code, _status): (i64, String) = REQUEST_CANCEL
                 .key(self.keys.task(id))
                 .key(self.keys.task_events(id))
@@ -149,7 +149,7 @@ impl TaskStore {
                 .arg(self.keys.events_channel())
                 .arg(EVENT_LOG_MAX_LEN)
                 .arg(&event.data)
-                .invoke_async(&mut *conn)
+                .invoke_async(&mut conn)
                 .await?;
             Ok(match code {
                 1 => Some(true),
@@ -246,8 +246,8 @@ impl TaskStore {
             .arg(id.to_string())
             .ignore();
         self.bounded(async {
-            let mut conn = self.connection().await?;
-            pipe.query_async::<()>(&mut *conn).await?;
+            let mut conn = self.connection();
+            pipe.query_async::<()>(&mut conn).await?;
             Ok(())
         })
         .await

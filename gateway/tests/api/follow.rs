@@ -262,3 +262,28 @@ async fn a_quiet_stream_gets_a_comment_line_every_fifteen_seconds() {
         "the first keep-alive came after {waited:?}"
     );
 }
+
+#[tokio::test]
+async fn stopping_the_gateway_ends_open_streams_refuses_new_connections_and_exits() {
+    let mut app = spawn_app().await;
+    let id = app.create("alice", 5).await;
+    let (_, stream) = app.events("alice", &id, None).await;
+    let mut stream = stream.unwrap();
+    assert_eq!(stream.next(WAIT).await.unwrap().event, "snapshot");
+
+    assert!(
+        app.stop(Duration::from_secs(5)).await,
+        "an open event stream does not hold the gateway up"
+    );
+    let rest = stream.until_closed(WAIT).await;
+    assert!(
+        rest.is_empty(),
+        "the stream closes without events: {rest:?}"
+    );
+    let refused = app
+        .client
+        .get(format!("{}/health", app.address))
+        .send()
+        .await;
+    assert!(refused.is_err(), "the port no longer accepts: {refused:?}");
+}

@@ -104,7 +104,7 @@ pub struct TestApp {
     _amqp: Connection,
     pub channel: Channel,
     shutdown: CancellationToken,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The settings a test gateway starts with; `overrides` replace or add variables.
@@ -388,6 +388,15 @@ impl TestApp {
     pub async fn redis_keys(&self) -> Vec<String> {
         let pattern = format!("{}*", self.keys.prefix());
         self.redis.clone().keys(pattern).await.unwrap()
+    }
+}
+
+impl TestApp {
+    /// Sends the shutdown signal and waits up to `within` for the gateway to stop; true when it did.
+    pub async fn stop(&mut self, within: Duration) -> bool {
+        self.shutdown.cancel();
+        let server = self.server.take().expect("the gateway runs");
+        tokio::time::timeout(within, server).await.is_ok()
     }
 }
 

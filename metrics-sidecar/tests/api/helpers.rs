@@ -35,6 +35,8 @@ pub enum CloudWatch {
     Moto,
     /// An endpoint where nothing listens, so every put fails.
     Unreachable,
+    /// This endpoint (e.g. a proxy in front of moto), with moto's dummy credentials.
+    At(String),
 }
 
 /// How to spawn the sidecar.
@@ -43,6 +45,8 @@ pub struct Options {
     pub management: bool,
     pub cloudwatch: CloudWatch,
     pub declare_queue: bool,
+    /// Overrides the deadline of one put (by default half the 1 s interval).
+    pub put_deadline: Option<Duration>,
 }
 
 impl Default for Options {
@@ -51,6 +55,7 @@ impl Default for Options {
             management: true,
             cloudwatch: CloudWatch::Off,
             declare_queue: true,
+            put_deadline: None,
         }
     }
 }
@@ -131,8 +136,13 @@ pub async fn spawn_app(options: Options) -> TestApp {
         CloudWatch::Off => None,
         CloudWatch::Moto => Some(aws_config(&moto_endpoint(), true).await),
         CloudWatch::Unreachable => Some(aws_config("http://127.0.0.1:9", false).await),
+        CloudWatch::At(endpoint) => Some(aws_config(&endpoint, false).await),
     };
-    let application = Application::build(settings(&pairs), aws.clone())
+    let mut settings = settings(&pairs);
+    if let Some(deadline) = options.put_deadline {
+        settings.put_deadline = deadline;
+    }
+    let application = Application::build(settings, aws.clone())
         .await
         .expect("the sidecar starts");
     let address = format!("http://127.0.0.1:{}", application.port());
@@ -215,7 +225,11 @@ pub async fn declare_queue(queue: &str) {
 
 pub async fn delete_queue(queue: &str) {
     let (connection, channel) = channel().await;
-    for name in [queue.to_owned(), format!("{queue}.dlq")] {
+    for name in [
+        queue.to_owned(),
+        format!("{queue}.dlq"),
+        format!("{queue}.dlq.parked"),
+    ] {
         let _ = channel
             .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
             .await;

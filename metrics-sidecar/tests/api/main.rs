@@ -2,6 +2,7 @@
 //! management plugin (port 15672) and moto (`scripts/ensure-moto.sh`); a test fails with a clear message
 //! when moto is not there. Tests in `disruptive` restart RabbitMQ and are run on their own.
 
+mod deadline;
 mod disruptive;
 mod helpers;
 
@@ -163,8 +164,14 @@ async fn without_a_management_url_in_flight_comes_from_the_presence_records() {
     ];
     for (id, seen, state) in workers {
         let _: () = redis.zadd(keys.workers_status(), id, seen).await.unwrap();
-        let record =
-            serde_json::json!({"worker_id": id, "state": state, "correlation_id": null, "tick": 0});
+        // The shape agents write (`shared::presence::PresenceRecord`); a record missing a field counts none.
+        let record = serde_json::json!({
+            "worker_id": id,
+            "state": state,
+            "correlation_id": null,
+            "tick": 0,
+            "updated_at": chrono::Utc::now().to_rfc3339(),
+        });
         let _: () = redis
             .set_ex(keys.worker_status(id), record.to_string(), 60)
             .await
@@ -259,15 +266,20 @@ async fn a_failed_put_is_counted_and_retried_while_the_figures_keep_coming() {
             h["put_errors"].as_u64() >= Some(2) && h["reads"].as_u64() >= Some(2)
         })
         .await;
-    assert_eq!(health["status"], "ok", "reads still succeed: {health}");
+    assert_eq!(
+        health["last_read_ok"], true,
+        "reads still succeed: {health}"
+    );
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["publishing"], "failing", "{health}");
     assert_eq!(health["cloudwatch"], true);
     assert_eq!(health["puts"], 0);
     assert!(health["last_put_at"].is_null());
     assert!(
-        health["last_error"]
+        health["last_put_error"]
             .as_str()
             .unwrap_or_default()
-            .contains("PutMetricData"),
+            .contains("PutMetricData failed"),
         "{health}"
     );
     app.stop().await;

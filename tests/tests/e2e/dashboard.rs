@@ -355,13 +355,12 @@ async fn password_sign_in_goes_through_supabase_and_the_token_is_refreshed_befor
     .await;
     let browser = Browser::launch(1280, 900, false).await;
     let tab = browser.open(&fleet.gateway).await;
-    tab.visible("email").await;
-    tab.visible("email")
-        .await
-        .type_str("ada@example.org")
-        .await
-        .unwrap();
+    // Keys go to the focused element, so each field is focused before it is typed into.
+    let email = tab.visible("email").await;
+    email.focus().await.unwrap();
+    email.type_str("ada@example.org").await.unwrap();
     let password = tab.visible("password").await;
+    password.focus().await.unwrap();
     password.type_str("wrong").await.unwrap();
     tab.visible("signin-submit").await.click().await.unwrap();
     tab.visible("signin-error").await;
@@ -373,7 +372,7 @@ async fn password_sign_in_goes_through_supabase_and_the_token_is_refreshed_befor
 
     tab.run("document.querySelector('[data-testid=\"password\"]').value = ''")
         .await;
-    password.click().await.unwrap();
+    password.focus().await.unwrap();
     password.type_str("correct horse").await.unwrap();
     tab.visible("signin-submit").await.click().await.unwrap();
     tab.visible("agent-count").await;

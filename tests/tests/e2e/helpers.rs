@@ -39,10 +39,20 @@ pub struct Fleet {
     key_prefix: String,
     _memory_dir: tempfile::TempDir,
     agent: Option<tokio::task::JoinHandle<()>>,
+    env: HashMap<String, String>,
 }
 
 /// Starts a fleet; `overrides` replace the agent's and gateway's environment.
 pub async fn spawn_fleet(overrides: &[(&str, &str)]) -> Fleet {
+    spawn_fleet_with(overrides, true).await
+}
+
+/// Starts a fleet without an agent: tests add agents as processes with [`Fleet::spawn_agent`].
+pub async fn spawn_gateway(overrides: &[(&str, &str)]) -> Fleet {
+    spawn_fleet_with(overrides, false).await
+}
+
+async fn spawn_fleet_with(overrides: &[(&str, &str)], in_process_agent: bool) -> Fleet {
     shared::telemetry::init("e2e", shared::telemetry::LogFormat::Pretty);
     let model = FixtureModel::start(0).await.unwrap();
     let search = FixtureSearch::start(Some("search-key")).await.unwrap();
@@ -80,20 +90,24 @@ pub async fn spawn_fleet(overrides: &[(&str, &str)]) -> Fleet {
     let stop = CancellationToken::new();
     tokio::spawn(gateway_app.run_until_stopped(stop.clone().cancelled_owned()));
 
-    let agent_settings = agent::AgentSettings::from_source(&Reader::new(env)).unwrap();
-    let mind = Mind::build(&agent_settings.mind).await.unwrap();
-    let visitor = mind.visitor().clone();
-    let agent_app = agent::Application::build(agent_settings, mind)
-        .await
-        .unwrap();
-    let agent_stop = stop.clone();
-    let agent = tokio::spawn(async move {
-        agent_app
-            .run_until_stopped(agent_stop.cancelled_owned())
+    let agent = if in_process_agent {
+        let agent_settings = agent::AgentSettings::from_source(&Reader::new(env.clone())).unwrap();
+        let mind = Mind::build(&agent_settings.mind).await.unwrap();
+        let visitor = mind.visitor().clone();
+        let agent_app = agent::Application::build(agent_settings, mind)
             .await
             .unwrap();
-        visitor.shutdown().await;
-    });
+        let agent_stop = stop.clone();
+        Some(tokio::spawn(async move {
+            agent_app
+                .run_until_stopped(agent_stop.cancelled_owned())
+                .await
+                .unwrap();
+            visitor.shutdown().await;
+        }))
+    } else {
+        None
+    };
     Fleet {
         gateway: gateway_url,
         model,
@@ -104,7 +118,8 @@ pub async fn spawn_fleet(overrides: &[(&str, &str)]) -> Fleet {
         queue: format!("e2e.{id}"),
         key_prefix: format!("e2e:{id}:"),
         _memory_dir: memory_dir,
-        agent: Some(agent),
+        agent,
+        env,
     }
 }
 
@@ -206,6 +221,109 @@ impl Fleet {
     /// Whether the agent is still running (it never crashes on a bad model).
     pub fn agent_alive(&self) -> bool {
         self.agent.as_ref().is_some_and(|a| !a.is_finished())
+    }
+}
+
+/// The release agent binary as a child process on a fleet's queue and keys.
+pub struct AgentProcess {
+    pub worker_id: String,
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl Fleet {
+    /// Starts the `agent` binary (built beside this test) as worker `worker_id` with the fleet's
+    /// settings, its own memory directory and `extra` settings.
+    pub fn spawn_agent(&self, worker_id: &str, extra: &[(&str, &str)]) -> AgentProcess {
+        let exe = std::env::current_exe().unwrap();
+        let binary = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|profile| profile.join("agent"))
+            .unwrap();
+        assert!(
+            binary.is_file(),
+            "{} is missing: build it with `cargo build -p agent`",
+            binary.display()
+        );
+        let memory = self._memory_dir.path().join(worker_id);
+        std::fs::create_dir_all(&memory).unwrap();
+        let log = self._memory_dir.path().join(format!("{worker_id}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut command = tokio::process::Command::new(binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.env)
+            .env("QDRANT_PATH", &memory)
+            .env("WORKER_ID", worker_id)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true);
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        AgentProcess {
+            worker_id: worker_id.to_owned(),
+            child: command.spawn().unwrap(),
+            log,
+        }
+    }
+
+    /// The ticks charged to `sub` today.
+    pub async fn quota_used(&self, sub: &str) -> i64 {
+        let keys = shared::keys::Keys::new(&self.key_prefix);
+        let now = chrono::Utc::now();
+        let mut redis = redis::Client::open(euglena_tests::cleanup::REDIS_URL)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let used: Option<i64> = redis::cmd("GET")
+            .arg(keys.quota(sub, now))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        used.unwrap_or(0)
+    }
+}
+
+impl AgentProcess {
+    /// SIGKILL: the process gets no chance to clean up.
+    pub async fn kill9(&mut self) {
+        if self.child.try_wait().unwrap().is_none() {
+            self.child.kill().await.unwrap();
+        }
+    }
+
+    /// SIGTERM: the clean shutdown path.
+    pub fn sigterm(&self) {
+        let pid = self.child.id().expect("the agent still runs");
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "agent {} did not exit within {within:?}; its log:\n{}",
+                self.worker_id,
+                self.logs()
+            ),
+        }
+    }
+
+    /// What the agent logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 

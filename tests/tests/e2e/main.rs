@@ -3,6 +3,7 @@
 
 mod browser;
 mod dashboard;
+mod durable;
 mod helpers;
 mod mind;
 mod steer;

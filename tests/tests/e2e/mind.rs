@@ -4,7 +4,7 @@ use crate::helpers::{serve_pages, spawn_fleet};
 use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
-use euglena_tests::model::{Reply, prompt_text};
+use euglena_tests::model::{Reply, ReplyFn, prompt_text};
 use euglena_tests::search::Hit;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -240,5 +240,89 @@ async fn a_model_that_never_answers_times_out_instead_of_hanging_the_task() {
             .unwrap()
             .contains("did not answer within"),
         "{task}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_tick_task_with_long_observations_never_sends_a_prompt_over_the_models_context() {
+    const CONTEXT: usize = 4_000;
+    const ANSWER: usize = 600;
+    let fleet = spawn_fleet(&[
+        ("MODEL_CONTEXT_TOKENS", "4000"),
+        ("MODEL_MAX_TOKENS", "600"),
+        ("MEMORY_ENABLED", "false"),
+    ])
+    .await;
+    fleet.search.set_hits(
+        (0..20)
+            .map(|n| Hit {
+                title: format!("result {n}"),
+                url: format!("https://example.org/{n}"),
+                snippet: "a long snippet ".repeat(30),
+            })
+            .collect(),
+    );
+    let marker = format!("long-{}", Uuid::new_v4());
+    // Each tick searches, adds a long history line and note, and every tenth a deliverable.
+    let tick: ReplyFn = Arc::new(|request: &Value| {
+        let prompt = prompt_text(request);
+        let tick: u32 = prompt
+            .split("Tick ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Reply::action(
+            "SEARCH",
+            &format!("query {tick}"),
+            json!({
+                "history_update": format!("tick {tick:03} {}", "h".repeat(300)),
+                "note_update": format!("note {tick:03} {}", "n".repeat(200)),
+                "deliverable": tick.is_multiple_of(10).then(|| format!("deliverable {tick:03} {}", "d".repeat(200))),
+            }),
+        )
+    });
+    let mut replies = vec![Reply::Computed(tick); 100];
+    replies.push(Reply::synthesis("a long task", &[]));
+    fleet.model.script(&marker, replies);
+
+    let id = fleet
+        .submit("alice", &format!("{marker}: keep going"), 100)
+        .await;
+    let task = fleet
+        .wait_terminal("alice", &id, Duration::from_secs(240))
+        .await;
+
+    assert_eq!(task["status"], "completed", "{task}");
+    assert_eq!(task["result"]["ticks_used"], 100);
+    let requests = fleet.model.requests_for(&marker);
+    assert_eq!(requests.len(), 101, "100 ticks and the synthesis");
+    for (n, request) in requests.iter().enumerate() {
+        let tokens: usize = request.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().chars().count().div_ceil(4))
+            .sum();
+        assert!(
+            tokens <= CONTEXT - ANSWER,
+            "request {n} has {tokens} prompt tokens, over {}",
+            CONTEXT - ANSWER
+        );
+        assert_eq!(request.body["max_tokens"], ANSWER, "request {n}");
+    }
+    let last_tick = prompt_text(&requests[99].body);
+    assert!(
+        last_tick.contains("tick 099") && !last_tick.contains("tick 001"),
+        "the oldest history went first"
+    );
+    assert!(last_tick.contains("older entries omitted"));
+    assert!(
+        last_tick.contains("note 099") && last_tick.contains("deliverable 090"),
+        "the newest notes and deliverables stay"
+    );
+    assert!(
+        last_tick.contains("a long snippet"),
+        "the observation is shown"
     );
 }

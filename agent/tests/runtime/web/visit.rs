@@ -455,3 +455,56 @@ async fn measure_launch_and_warm_visit_latency() {
     );
     visitor.shutdown().await;
 }
+
+fn signal(pid: u32, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test]
+async fn a_chromium_that_stops_answering_gets_the_tab_open_bound_and_is_killed_at_shutdown() {
+    let pages = page_server().await;
+    let visitor = Visitor::new(settings(), loopback_allowed());
+    let mut warm = visitor.session();
+    warm.visit(&pages.url("/")).await.unwrap();
+    warm.close().await;
+    let pid = visitor.browser_pid().await.expect("a running browser");
+
+    // Frozen, not dead: it holds its sockets open and answers nothing.
+    signal(pid, "-STOP");
+    let mut session = visitor.session();
+    let started = Instant::now();
+    let page = session.visit(&pages.url("/")).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "opening a tab in a frozen Chromium is bounded: {took:?}"
+    );
+    let page = page.expect("the page is fetched without Chromium");
+    assert!(
+        matches!(&page.via, Via::HttpFallback { reason } if reason.contains("within")),
+        "falls back to HTTP, saying why: {page:?}"
+    );
+    session.close().await;
+
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), visitor.shutdown())
+        .await
+        .expect("shutdown does not wait on a frozen Chromium");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_exists(pid) {
+        assert!(Instant::now() < deadline, "the frozen Chromium was killed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
