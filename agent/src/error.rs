@@ -28,4 +28,7 @@ pub enum AgentError {
     /// The health server stopped with an error.
     #[error("the health server failed: {0}")]
     HealthServe(std::io::Error),
+    /// The Redis behind `REDIS_URL` is of a kind the agent cannot use.
+    #[error(transparent)]
+    RedisMode(#[from] shared::deployment::RedisModeError),
 }

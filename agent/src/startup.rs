@@ -281,7 +281,10 @@ async fn connect_redis(
         shared::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
         match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-            Ok(manager) => return Ok(manager),
+            Ok(mut manager) => {
+                shared::deployment::refuse_cluster(&mut manager).await?;
+                return Ok(manager);
+            }
             Err(error) => {
                 let delay = backoff.next_delay();
                 if Instant::now() + delay > deadline {

@@ -43,6 +43,9 @@ pub enum StartupError {
     /// The Redis URL is unusable.
     #[error("invalid REDIS_URL: {0}")]
     RedisUrl(String),
+    /// The Redis behind the URL is of a kind the gateway cannot use.
+    #[error(transparent)]
+    RedisMode(#[from] shared::deployment::RedisModeError),
     /// RabbitMQ did not answer within the start-up deadline.
     #[error(transparent)]
     Broker(#[from] ConnectError),
@@ -165,6 +168,7 @@ async fn wait_for_redis(store: &TaskStore, deadline: Duration) -> Result<(), Sta
     let started = tokio::time::Instant::now();
     loop {
         if store.ping().await {
+            store.refuse_cluster().await?;
             return Ok(());
         }
         if started.elapsed() >= deadline {

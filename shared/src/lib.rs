@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod deployment;
 pub mod errors;
 pub mod events;
 pub mod keys;

@@ -123,6 +123,14 @@ impl TaskStore {
         .unwrap_or(false)
     }
 
+    /// Refuses a Redis Cluster (see [`shared::deployment`]).
+    ///
+    /// # Errors
+    /// [`shared::deployment::RedisModeError`] when cluster mode is on.
+    pub async fn refuse_cluster(&self) -> Result<(), shared::deployment::RedisModeError> {
+        shared::deployment::refuse_cluster(&mut self.connection()).await
+    }
+
     /// Marks a task that is still `pending` failed with `error`, refunding all its ticks (it never ran).
     /// A task an agent has already taken is left alone: its message was queued after all.
     ///
