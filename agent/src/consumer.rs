@@ -16,6 +16,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 use shared::backoff::Backoff;
 use shared::queue::Topology;
+use shared::tls::Tls;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,25 +40,38 @@ pub enum ConsumeError {
     Ended,
 }
 
-/// Opens a connection to `url`, named `name` in the broker's management UI.
+/// Opens a connection to `url` (over TLS for `amqps://`), named `name` in the broker's management UI.
 ///
 /// # Errors
 /// [`ConsumeError`] when the broker refuses or does not answer in time.
-pub async fn connect(url: &SecretString, name: &str) -> Result<Connection, ConsumeError> {
+pub async fn connect(
+    url: &SecretString,
+    tls: &Tls,
+    name: &str,
+) -> Result<Connection, ConsumeError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     tokio::time::timeout(
         CONNECT_TIMEOUT,
-        Connection::connect(url.expose_secret(), properties),
+        tls.amqp_connect(url.expose_secret(), properties),
     )
     .await
     .map_err(|_| ConsumeError::Timeout(CONNECT_TIMEOUT))?
     .map_err(ConsumeError::from)
 }
 
+/// Where the broker is: its URL (a secret: it holds the password) and the TLS trust for `amqps://`.
+#[derive(Debug, Clone)]
+pub struct BrokerAddress {
+    /// `RABBITMQ_URL`.
+    pub url: SecretString,
+    /// The CA bundle trusted for `amqps://`.
+    pub tls: Tls,
+}
+
 /// Consumes the task queue for a [`Worker`], reconnecting as needed.
 #[derive(Debug)]
 pub struct Consumer<E> {
-    url: SecretString,
+    broker_address: BrokerAddress,
     name: String,
     topology: Topology,
     prefetch: u16,
@@ -67,9 +81,9 @@ pub struct Consumer<E> {
 }
 
 impl<E: TaskExecutor> Consumer<E> {
-    /// A consumer of `topology`'s queue at `url`, running deliveries on `tracker`.
+    /// A consumer of `topology`'s queue at `broker_address`, running deliveries on `tracker`.
     pub fn new(
-        url: SecretString,
+        broker_address: BrokerAddress,
         name: String,
         topology: Topology,
         prefetch: u16,
@@ -78,7 +92,7 @@ impl<E: TaskExecutor> Consumer<E> {
         broker: BrokerStatus,
     ) -> Self {
         Self {
-            url,
+            broker_address,
             name,
             topology,
             prefetch,
@@ -103,7 +117,7 @@ impl<E: TaskExecutor> Consumer<E> {
                 Some(connection) => connection,
                 None => {
                     let attempt = tokio::select! {
-                        attempt = connect(&self.url, &self.name) => attempt,
+                        attempt = connect(&self.broker_address.url, &self.broker_address.tls, &self.name) => attempt,
                         () = draining.cancelled() => return None,
                     };
                     match attempt {

@@ -1,4 +1,4 @@
-//! The agent's mind: the tick loop of SPEC section 5, run for one task by the runtime through
+//! The agent's mind: the tick loop (docs/architecture.md), run for one task by the runtime through
 //! [`TaskExecutor`].
 //!
 //! Each tick: build the prompt from the task's state, make one model call, read the answer leniently,

@@ -1,4 +1,4 @@
-//! ECS task scale-in protection (SPEC section 5): on while the worker holds a task, renewed before it
+//! ECS task scale-in protection: on while the worker holds a task, renewed before it
 //! lapses, cleared when idle.
 //!
 //! The ECS agent endpoint (`PUT {ECS_AGENT_URI}/task-protection/v1/state`) is a convenience, not a

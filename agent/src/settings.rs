@@ -1,4 +1,4 @@
-//! The agent's typed settings (SPEC section 7), read from the environment and validated at start.
+//! The agent's typed settings, read from the environment and validated at start.
 //!
 //! Durations that tests need short (`AGENT_STATUS_TIME`, `SHUTDOWN_GRACE_SECONDS`,
 //! `ECS_PROTECTION_RENEW_SECONDS`, `STARTUP_TIMEOUT_SECONDS`) accept fractional seconds, e.g. `0.5`.
@@ -41,7 +41,7 @@ pub struct AgentSettings {
     pub mind: MindSettings,
 }
 
-/// The tick loop's settings (SPEC section 5 and 7).
+/// The tick loop's settings (docs/architecture.md, "The tick loop").
 #[derive(Debug, Clone)]
 pub struct MindSettings {
     /// The model (`MODEL_API_URL`, `MODEL_NAME`, `OPENAI_API_KEY`, `MODEL_TIMEOUT_SECONDS`,
@@ -171,7 +171,7 @@ impl AgentSettings {
         Self::from_source(&Reader::new(shared::settings::ProcessEnv))
     }
 
-    /// Reads the settings from `reader` with the SPEC's defaults.
+    /// Reads the settings from `reader` with the documented defaults.
     ///
     /// # Errors
     /// [`SettingsError`] naming the first invalid variable.

@@ -1,4 +1,4 @@
-//! The SSRF guard of SPEC section 5: which destinations VISIT may reach.
+//! The SSRF guard: which destinations VISIT may reach.
 //!
 //! [`forbidden_reason`] / [`is_forbidden`] are pure: they say whether an IP address lies in a range an agent
 //! must never reach on its own (loopback, private, link-local including the cloud metadata endpoints,

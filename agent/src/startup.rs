@@ -2,7 +2,7 @@
 //! and health server, and on the shutdown signal stop consuming, drain within the grace period, clear
 //! protection, deregister and close the connection.
 
-use crate::consumer::{Consumer, connect};
+use crate::consumer::{BrokerAddress, Consumer, connect};
 use crate::error::AgentError;
 use crate::executor::TaskExecutor;
 use crate::health::{HealthServer, HealthState};
@@ -156,6 +156,7 @@ impl<E: TaskExecutor> Application<E> {
             redis: redis.clone(),
             keys: common.keys(),
             rabbitmq_url: common.rabbitmq_url.clone(),
+            tls: common.tls.clone(),
             dead_letter_queue: common.topology().dead_letter_queue(),
             worker_ttl: Duration::from_secs(common.worker_ttl_seconds),
             task_ttl_seconds: common.task_ttl_seconds,
@@ -188,7 +189,10 @@ impl<E: TaskExecutor> Application<E> {
 
         let tracker = TaskTracker::new();
         let consumer = Consumer::new(
-            common.rabbitmq_url.clone(),
+            BrokerAddress {
+                url: common.rabbitmq_url.clone(),
+                tls: common.tls.clone(),
+            },
             worker_id.clone(),
             common.topology(),
             settings.concurrency,
@@ -271,7 +275,10 @@ async fn connect_redis(
     deadline: Instant,
 ) -> Result<ConnectionManager, AgentError> {
     let timeout = settings.startup_timeout;
-    let client = redis::Client::open(settings.common.redis_url.expose_secret())
+    let client = settings
+        .common
+        .tls
+        .redis_client(settings.common.redis_url.expose_secret())
         .map_err(|error| AgentError::RedisUnreachable(timeout, error))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -307,7 +314,13 @@ async fn connect_broker(
     let mut backoff =
         shared::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
-        match connect(&settings.common.rabbitmq_url, worker_id).await {
+        match connect(
+            &settings.common.rabbitmq_url,
+            &settings.common.tls,
+            worker_id,
+        )
+        .await
+        {
             Ok(connection) => return Ok(connection),
             Err(error) => {
                 let delay = backoff.next_delay();

@@ -118,6 +118,8 @@ pub struct Sweeper {
     pub keys: Keys,
     /// The broker; each sweep opens a connection of its own and closes it.
     pub rabbitmq_url: SecretString,
+    /// How to reach it over TLS (`amqps://`).
+    pub tls: shared::tls::Tls,
     /// The queue swept (`{queue}.dlq`); its messages are moved into `{queue}.dlq.parked`.
     pub dead_letter_queue: String,
     /// A task whose record was written within this long is still a worker's: left for a later sweep.
@@ -192,7 +194,8 @@ impl Sweeper {
     /// # Errors
     /// [`SweepError`] when the broker or Redis fails; every message not yet parked goes back to the DLQ.
     pub async fn sweep_now(&self) -> Result<SweepReport, SweepError> {
-        let connection = crate::consumer::connect(&self.rabbitmq_url, "dlq-sweeper").await?;
+        let connection =
+            crate::consumer::connect(&self.rabbitmq_url, &self.tls, "dlq-sweeper").await?;
         let result = self.sweep_on(&connection).await;
         if let Err(error) = connection.close(200, "swept".into()).await {
             tracing::debug!(%error, "cannot close the sweeper's connection");

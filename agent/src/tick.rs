@@ -1,4 +1,4 @@
-//! What the model answers each tick, and how leniently it is read (SPEC section 5).
+//! What the model answers each tick, and how leniently it is read.
 //!
 //! Models wrap JSON in code fences, add keys, leave optional keys out, write `"search"` for `"SEARCH"`
 //! or put a whole action in one string. All of that is accepted; what cannot be read becomes a

@@ -9,7 +9,7 @@ use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use std::collections::BTreeMap;
 use std::future::Future;
 
-/// The metric names the sidecar puts (SPEC section 6).
+/// The metric names the sidecar puts.
 pub const QUEUE_DEPTH: &str = "QueueDepth";
 /// Delivered, unacknowledged messages.
 pub const IN_FLIGHT: &str = "InFlight";

@@ -1,5 +1,5 @@
 //! The autoscaler Lambda: sizes the agent ECS service from the queue metrics the sidecar puts into
-//! CloudWatch (SPEC section 6).
+//! CloudWatch.
 //!
 //! [`policy`] is the pure decision, [`cloud`] the AWS calls behind a trait, [`handler`] one decision carried
 //! out, [`settings`] the function's environment. `main.rs` runs it under `lambda_runtime`, or once from a

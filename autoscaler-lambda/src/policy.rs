@@ -1,4 +1,4 @@
-//! The scaling policy (SPEC section 6) as a pure function, so every rule is unit-tested without AWS.
+//! The scaling policy as a pure function, so every rule is unit-tested without AWS.
 //!
 //! desired = clamp(ceil((QueueDepth + InFlight) / TARGET_MESSAGES_PER_WORKER), MIN_WORKERS, MAX_WORKERS).
 //! Scale out at once to the latest sample's count; scale in only to the highest count seen across the

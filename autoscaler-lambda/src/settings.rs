@@ -1,4 +1,4 @@
-//! The Lambda's settings (SPEC sections 6 and 7), read from the function's environment at every cold start,
+//! The Lambda's settings, read from the function's environment at every cold start,
 //! so operators change `MAX_WORKERS` and the others without a rebuild. An invalid value is an error that
 //! names the variable, never a silent default.
 

@@ -1,4 +1,4 @@
-//! Supabase JWT verification (SPEC section 2, Auth).
+//! Supabase JWT verification (docs/api.md, authentication).
 //!
 //! Accepted: HS256 with the legacy `SUPABASE_JWT_SECRET`, ES256 and RS256 with keys from the JWKS. Every
 //! other `alg` (`none` included) is refused before any key is looked at, and each algorithm is verified

@@ -34,13 +34,16 @@ impl std::fmt::Debug for Connections {
 }
 
 impl Connections {
-    /// `count` connections to `url`, each connecting (and answering) within `timeout`. They connect on
-    /// first use.
+    /// `count` connections made by `client`, each connecting (and answering) within `timeout`. They
+    /// connect on first use.
     ///
     /// # Errors
-    /// When the URL does not parse.
-    pub fn new(url: &str, count: usize, timeout: Duration) -> Result<Self, RedisError> {
-        let client = redis::Client::open(url)?;
+    /// When a connection manager cannot be set up.
+    pub fn new(
+        client: &redis::Client,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Self, RedisError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

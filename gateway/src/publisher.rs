@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use shared::backoff::Backoff;
 use shared::queue::Topology;
 use shared::task::TaskMessage;
+use shared::tls::Tls;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -105,6 +106,7 @@ impl Publisher {
     /// [`ConnectError`] when no connection could be made within `deadline`.
     pub async fn start(
         url: SecretString,
+        tls: Tls,
         topology: Topology,
         confirm_timeout: Duration,
         deadline: Duration,
@@ -112,8 +114,9 @@ impl Publisher {
     ) -> Result<Self, ConnectError> {
         let started = tokio::time::Instant::now();
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let broker = Broker { url, tls };
         let (connection, channel, status) = loop {
-            let result = open(&url, &topology).await;
+            let result = open(&broker, &topology).await;
             let delay = backoff.next_delay();
             match result {
                 Ok(opened) => break opened,
@@ -137,7 +140,7 @@ impl Publisher {
         });
         tokio::spawn(supervise(
             shared.clone(),
-            url,
+            broker,
             topology.clone(),
             connection,
             shutdown,
@@ -224,16 +227,24 @@ impl Publisher {
     }
 }
 
+/// Where the broker is and how to reach it.
+struct Broker {
+    url: SecretString,
+    tls: Tls,
+}
+
 async fn open(
-    url: &SecretString,
+    broker: &Broker,
     topology: &Topology,
 ) -> Result<(Connection, Channel, Channel), String> {
     let attempt = async {
-        let connection = Connection::connect(
-            url.expose_secret(),
-            ConnectionProperties::default().with_connection_name("euglena-gateway".into()),
-        )
-        .await?;
+        let connection = broker
+            .tls
+            .amqp_connect(
+                broker.url.expose_secret(),
+                ConnectionProperties::default().with_connection_name("euglena-gateway".into()),
+            )
+            .await?;
         let channel = connection.create_channel().await?;
         topology.declare(&channel).await?;
         channel
@@ -251,7 +262,7 @@ async fn open(
 
 async fn supervise(
     shared: Arc<Shared>,
-    url: SecretString,
+    broker: Broker,
     topology: Topology,
     mut connection: Connection,
     shutdown: CancellationToken,
@@ -291,7 +302,7 @@ async fn supervise(
             if shutdown.is_cancelled() {
                 return;
             }
-            match open(&url, &topology).await {
+            match open(&broker, &topology).await {
                 Ok((new_connection, channel, status)) => {
                     connection = new_connection;
                     replace(&shared.channel, Some(channel));

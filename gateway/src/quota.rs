@@ -1,4 +1,4 @@
-//! The daily tick quota (SPEC section 2, Quota).
+//! The daily tick quota (docs/api.md, quota).
 //!
 //! `POST /tasks` charges `max_ticks` to `quota:{sub}:{YYYYMMDD}` up front. The charge and the `pending`
 //! record are written by one Lua script, so two concurrent requests can never overspend, and a refused

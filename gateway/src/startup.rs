@@ -35,8 +35,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     /// Redis did not answer within the start-up deadline.
-    #[error("cannot reach Redis within {0:?}")]
-    Redis(Duration),
+    #[error("cannot reach Redis within {deadline:?}: {last_error}")]
+    Redis {
+        /// The start-up deadline that passed.
+        deadline: Duration,
+        /// The last failure seen.
+        last_error: String,
+    },
     /// The Redis settings are unusable.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -80,6 +85,7 @@ impl Application {
         let shutdown = CancellationToken::new();
         let store = TaskStore::new(
             settings.common.redis_url.expose_secret(),
+            &settings.common.tls,
             settings.common.keys(),
             settings.common.task_ttl_seconds,
             crate::connections::CONNECTIONS,
@@ -87,6 +93,7 @@ impl Application {
         wait_for_redis(&store, settings.startup_deadline).await?;
         let publisher = Publisher::start(
             settings.common.rabbitmq_url.clone(),
+            settings.common.tls.clone(),
             settings.common.topology(),
             settings.publish_confirm_timeout,
             settings.startup_deadline,
@@ -106,7 +113,10 @@ impl Application {
             .port();
         let enqueuer = Enqueuer::new(publisher.clone(), store.clone());
         let hub = Hub::new();
-        let pubsub = redis::Client::open(settings.common.redis_url.expose_secret())
+        let pubsub = settings
+            .common
+            .tls
+            .redis_client(settings.common.redis_url.expose_secret())
             .map_err(|e| StartupError::RedisUrl(e.to_string()))?;
         tokio::spawn(hub.clone().run(
             pubsub,
@@ -167,14 +177,20 @@ impl Application {
 async fn wait_for_redis(store: &TaskStore, deadline: Duration) -> Result<(), StartupError> {
     let started = tokio::time::Instant::now();
     loop {
-        if store.ping().await {
-            store.refuse_cluster().await?;
-            return Ok(());
-        }
+        let error = match store.check().await {
+            Ok(()) => {
+                store.refuse_cluster().await?;
+                return Ok(());
+            }
+            Err(error) => error,
+        };
         if started.elapsed() >= deadline {
-            return Err(StartupError::Redis(deadline));
+            return Err(StartupError::Redis {
+                deadline,
+                last_error: error.to_string(),
+            });
         }
-        tracing::warn!("Redis not reachable yet; retrying");
+        tracing::warn!(%error, "Redis not reachable yet; retrying");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

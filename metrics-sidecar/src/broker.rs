@@ -6,6 +6,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
+use shared::tls::Tls;
 use std::time::Duration;
 
 /// How long one broker operation may take before it counts as failed.
@@ -35,6 +36,8 @@ pub enum BrokerError {
 #[derive(Debug)]
 pub struct QueueReader {
     url: SecretString,
+    /// How to reach it over TLS (`amqps://`).
+    tls: Tls,
     queue: String,
     connection_name: String,
     open: Option<(Connection, Channel)>,
@@ -45,11 +48,13 @@ impl QueueReader {
     /// A reader of `queue` on the broker at `url`; `connection_name` shows in the management UI.
     pub fn new(
         url: SecretString,
+        tls: Tls,
         queue: impl Into<String>,
         connection_name: impl Into<String>,
     ) -> Self {
         Self {
             url,
+            tls,
             queue: queue.into(),
             connection_name: connection_name.into(),
             open: None,
@@ -122,7 +127,10 @@ impl QueueReader {
         let properties = ConnectionProperties::default()
             .with_connection_name(self.connection_name.as_str().into());
         let connect = async {
-            let connection = Connection::connect(self.url.expose_secret(), properties).await?;
+            let connection = self
+                .tls
+                .amqp_connect(self.url.expose_secret(), properties)
+                .await?;
             let channel = connection.create_channel().await?;
             Ok::<_, lapin::Error>((connection, channel))
         };

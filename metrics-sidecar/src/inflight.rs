@@ -38,7 +38,7 @@ pub enum InFlightSource {
     /// The RabbitMQ management API.
     Management(ManagementClient),
     /// The agents' presence records in Redis.
-    Presence(PresenceReader),
+    Presence(Box<PresenceReader>),
 }
 
 impl InFlightSource {
@@ -130,11 +130,14 @@ impl PresenceReader {
     /// [`InFlightError::Redis`] when the URL does not parse.
     pub fn new(
         redis_url: &SecretString,
+        tls: &shared::tls::Tls,
         keys: Keys,
         worker_ttl: Duration,
     ) -> Result<Self, InFlightError> {
         Ok(Self {
-            client: redis::Client::open(redis_url.expose_secret()).map_err(InFlightError::Redis)?,
+            client: tls
+                .redis_client(redis_url.expose_secret())
+                .map_err(InFlightError::Redis)?,
             connection: None,
             keys,
             worker_ttl,

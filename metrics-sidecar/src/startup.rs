@@ -89,6 +89,7 @@ impl Application {
         let connection_name = format!("metrics-sidecar:{}:{}", settings.queue, std::process::id());
         let mut reader = QueueReader::new(
             settings.common.rabbitmq_url.clone(),
+            settings.common.tls.clone(),
             settings.queue.clone(),
             connection_name,
         );
@@ -98,11 +99,12 @@ impl Application {
             Some(management) => {
                 InFlightSource::Management(ManagementClient::new(management, &settings.queue))
             }
-            None => InFlightSource::Presence(PresenceReader::new(
+            None => InFlightSource::Presence(Box::new(PresenceReader::new(
                 &settings.common.redis_url,
+                &settings.common.tls,
                 settings.common.keys(),
                 Duration::from_secs(settings.common.worker_ttl_seconds),
-            )?),
+            )?)),
         };
         // A put must end before the next tick is due, whatever the caller set.
         let put_deadline = settings

@@ -22,6 +22,7 @@ pub mod status;
 pub mod store;
 pub mod task;
 pub mod telemetry;
+pub mod tls;
 
 pub use keys::Keys;
 pub use status::{ShownStatus, Status};

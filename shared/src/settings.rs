@@ -1,4 +1,4 @@
-//! Settings helpers: typed values read from the environment names in SPEC section 7, validated at start
+//! Settings helpers: typed values read from the documented environment names, validated at start
 //! with one clear message naming the variable.
 //!
 //! Settings are read through a [`Source`] so tests can load them from a map instead of mutating the
@@ -210,7 +210,7 @@ impl<S: Source> Reader<S> {
     }
 }
 
-/// The settings every service shares (SPEC section 7).
+/// The settings every service shares.
 #[derive(Debug, Clone)]
 pub struct CommonSettings {
     /// `REDIS_URL`; may carry a password, so it is kept secret.
@@ -227,10 +227,12 @@ pub struct CommonSettings {
     pub task_ttl_seconds: u64,
     /// `WORKER_TTL_SECONDS`: a worker whose heartbeat is older is not live.
     pub worker_ttl_seconds: u64,
+    /// `TLS_CA_FILE`: a CA bundle trusted besides the system roots for `rediss://` and `amqps://`.
+    pub tls: crate::tls::Tls,
 }
 
 impl CommonSettings {
-    /// Reads the shared settings with the SPEC's defaults.
+    /// Reads the shared settings with the documented defaults.
     ///
     /// # Errors
     /// [`SettingsError`] naming the first invalid variable.
@@ -254,6 +256,7 @@ impl CommonSettings {
             key_prefix: reader.string_or("REDIS_KEY_PREFIX", ""),
             task_ttl_seconds: reader.ranged("TASK_TTL_SECONDS", 604_800, 60, 31_536_000)?,
             worker_ttl_seconds: reader.ranged("WORKER_TTL_SECONDS", 30, 2, 3600)?,
+            tls: crate::tls::Tls::from_source(reader)?,
         })
     }
 

@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod search;
 pub mod sse;
 pub mod supabase;
+pub mod tls;
 
 use std::net::SocketAddr;
 use tokio::net::TcpListener;

@@ -19,6 +19,7 @@ fn sweeper(env: &TestEnv, worker_ttl: Duration) -> Sweeper {
         redis: env.redis.clone(),
         keys: env.keys.clone(),
         rabbitmq_url: rabbitmq_url().into(),
+        tls: shared::tls::Tls::default(),
         dead_letter_queue: env.topology.dead_letter_queue(),
         worker_ttl,
         task_ttl_seconds: 3_600,

@@ -305,6 +305,31 @@ async fn the_gateway_going_away_mid_watch_does_not_lose_the_task() {
     assert!(text(&watched.stdout).contains("done despite the outage"));
 }
 
+/// Waits until process `pid` has installed its SIGINT handler (bit 2 of `SigCgt` in `/proc/{pid}/status`), so a
+/// test's interrupt reaches the handler and not the default action that kills a process just started.
+fn wait_until_it_catches_sigint(pid: u32) {
+    let started = std::time::Instant::now();
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let caught = status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & (1 << (SIGINT - 1)) != 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the CLI never installed its SIGINT handler"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGINT's number on Linux.
+const SIGINT: u32 = 2;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_detaches_and_the_task_goes_on_unless_asked_to_cancel_it() {
     let fleet = spawn_fleet(&[]).await;
@@ -322,9 +347,10 @@ async fn ctrl_c_detaches_and_the_task_goes_on_unless_asked_to_cancel_it() {
         ],
     );
     let interrupt = |child: &tokio::process::Child| {
-        let pid = child.id().unwrap().to_string();
+        let pid = child.id().unwrap();
+        wait_until_it_catches_sigint(pid);
         std::process::Command::new("kill")
-            .args(["-INT", &pid])
+            .args(["-INT", &pid.to_string()])
             .status()
             .unwrap();
     };

@@ -76,11 +76,15 @@ impl TaskStore {
     /// [`StoreError::Url`] when the URL is invalid.
     pub fn new(
         url: &str,
+        tls: &shared::tls::Tls,
         keys: Keys,
         task_ttl_seconds: u64,
         connections: usize,
     ) -> Result<Self, StoreError> {
-        let redis = Connections::new(url, connections, OPERATION_TIMEOUT)
+        let client = tls
+            .redis_client(url)
+            .map_err(|e| StoreError::Url(redact(&e.to_string())))?;
+        let redis = Connections::new(&client, connections, OPERATION_TIMEOUT)
             .map_err(|e| StoreError::Url(redact(&e.to_string())))?;
         Ok(Self {
             redis,
@@ -114,13 +118,20 @@ impl TaskStore {
 
     /// Answers whether Redis responds to PING.
     pub async fn ping(&self) -> bool {
+        self.check().await.is_ok()
+    }
+
+    /// PINGs Redis.
+    ///
+    /// # Errors
+    /// Why Redis did not answer (unreachable, refused credentials, a certificate not trusted, ...).
+    pub async fn check(&self) -> Result<(), StoreError> {
         self.bounded(async {
             let mut conn = self.connection();
-            let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
-            Ok(pong == "PONG")
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            Ok(())
         })
         .await
-        .unwrap_or(false)
     }
 
     /// Refuses a Redis Cluster (see [`shared::deployment`]).

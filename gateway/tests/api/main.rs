@@ -12,3 +12,4 @@ mod outages;
 mod quota;
 mod steer;
 mod tasks;
+mod tls;
