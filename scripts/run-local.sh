@@ -34,6 +34,8 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+# Where cargo put the binaries (CARGO_TARGET_DIR when set, as cargo itself does).
+bin=${CARGO_TARGET_DIR:-target}/debug
 export REDIS_KEY_PREFIX=${REDIS_KEY_PREFIX:-local:}
 export AGENT_INPUT_QUEUE=${AGENT_INPUT_QUEUE:-agent.mandates}
 export SUPABASE_JWT_SECRET=${SUPABASE_JWT_SECRET:-local-dev-secret-$RANDOM$RANDOM}
@@ -45,21 +47,21 @@ export RABBITMQ_MANAGEMENT_URL=${RABBITMQ_MANAGEMENT_URL:-http://guest:guest@127
 
 if [ -z "${MODEL_API_URL:-}" ]; then
   say "no MODEL_API_URL: starting the fixture model (a scripted stand-in, NOT an LLM) on :8099"
-  target/debug/fixture-model 8099 >"$run_dir/fixture-model.log" 2>&1 &
+  "$bin"/fixture-model 8099 >"$run_dir/fixture-model.log" 2>&1 &
   pids+=($!)
   export MODEL_API_URL=http://127.0.0.1:8099/v1 MODEL_NAME=fixture-model
 else
   say "using the model at $MODEL_API_URL (${MODEL_NAME:-gpt-4o-mini})"
 fi
 
-PORT=8080 target/debug/gateway 2>"$run_dir/gateway.log" &
+PORT=8080 "$bin"/gateway 2>"$run_dir/gateway.log" &
 pids+=($!)
 for n in 1 2; do
   HEALTH_PORT=$((8079 + 2 * n)) WORKER_ID="local-agent-$n" QDRANT_PATH="$run_dir/qdrant-$n" \
-    target/debug/agent 2>"$run_dir/agent-$n.log" &
+    "$bin"/agent 2>"$run_dir/agent-$n.log" &
   pids+=($!)
 done
-PORT=8082 target/debug/metrics-sidecar 2>"$run_dir/metrics-sidecar.log" &
+PORT=8082 "$bin"/metrics-sidecar 2>"$run_dir/metrics-sidecar.log" &
 pids+=($!)
 
 wait_http() { # url name
@@ -85,8 +87,8 @@ link's fragment, which the browser never sends to a server):
 
 The CLI:
   export EUGLENA_TOKEN=$token
-  target/debug/euglena submit "Find the tallest tree in the world" --max-ticks 5 --wait
-  target/debug/euglena list ; target/debug/euglena agents
+  "$bin"/euglena submit "Find the tallest tree in the world" --max-ticks 5 --wait
+  "$bin"/euglena list ; "$bin"/euglena agents
 
 Or plain HTTP:
   export TOKEN=$token

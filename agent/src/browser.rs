@@ -226,6 +226,20 @@ pub enum VisitError {
 }
 
 impl VisitError {
+    /// What the model is told: a refusal says so in general terms (see [`Refused::for_model`]); other
+    /// failures as they are.
+    #[must_use]
+    pub fn for_model(&self) -> String {
+        match self {
+            Self::Refused(refused) => refused.for_model(),
+            Self::Blocked { url, .. } => format!(
+                "VISIT refused: loading {url} needed a request to an address that is not public (private, \
+                 loopback, link-local and reserved destinations are never visited)"
+            ),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether the same VISIT could succeed later. Refusals and bad URLs never do.
     #[must_use]
     pub fn is_retryable(&self) -> bool {

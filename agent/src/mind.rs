@@ -362,7 +362,10 @@ impl Mind {
                         }
                         page.observation()
                     }
-                    Err(error) => format!("VISIT {url} failed: {error}"),
+                    Err(error) => {
+                        tracing::info!(%error, "visit failed");
+                        format!("VISIT {url} failed: {}", error.for_model())
+                    }
                 };
                 (TickEnd::Next, Some(observation))
             }

@@ -214,6 +214,23 @@ pub enum Refused {
 }
 
 impl Refused {
+    /// What the model is told: that the URL was refused and why in general terms, without the address a
+    /// host resolved to or what the resolver said (pages the model read may be steering it to probe the
+    /// network; the agent's log keeps the detail).
+    #[must_use]
+    pub fn for_model(&self) -> String {
+        const NOT_PUBLIC: &str = "it is not a public address (private, loopback, link-local and reserved \
+                                  destinations are never visited)";
+        match self {
+            Self::Scheme { .. } | Self::NoHost { .. } => self.to_string(),
+            Self::ForbiddenLiteral { ip, .. } => format!("VISIT refused: {ip}: {NOT_PUBLIC}"),
+            Self::ForbiddenResolution { host, .. } => {
+                format!("VISIT refused: {host}: {NOT_PUBLIC}")
+            }
+            Self::Resolve { host, .. } => format!("VISIT refused: {host} could not be resolved"),
+        }
+    }
+
     /// Whether trying the same URL again later could succeed: only a failed DNS lookup qualifies; a
     /// forbidden destination stays forbidden.
     #[must_use]
@@ -557,6 +574,33 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn the_model_is_told_a_url_was_refused_without_the_address_it_resolved_to() {
+        let refused = Refused::ForbiddenResolution {
+            host: "intranet.example".into(),
+            ip: "10.1.2.3".parse().unwrap(),
+            reason: "a private address",
+        };
+        let told = refused.for_model();
+        assert!(
+            told.starts_with("VISIT refused: intranet.example: it is not a public address"),
+            "{told}"
+        );
+        assert!(!told.contains("10.1.2.3"), "{told}");
+        assert!(
+            refused.to_string().contains("10.1.2.3"),
+            "the log keeps the detail"
+        );
+        let unresolved = Refused::Resolve {
+            host: "nowhere.invalid".into(),
+            reason: "lookup via 172.16.0.2: NXDOMAIN".into(),
+        };
+        assert_eq!(
+            unresolved.for_model(),
+            "VISIT refused: nowhere.invalid could not be resolved"
+        );
     }
 
     #[tokio::test]

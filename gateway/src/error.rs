@@ -18,13 +18,16 @@ pub enum ApiError {
     /// The body is JSON but not a valid request (422).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The body did not arrive in time (408): a client that stalls mid-body holds nothing for long.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     /// The body is larger than the gateway accepts (413).
     #[error("the request body is too large")]
     PayloadTooLarge,
     /// No token, or a token that does not verify (401). The text says why, never echoing the token.
     #[error("{0}")]
     Unauthorized(String),
-    /// An anonymous or unverified user, while those are not allowed (403).
+    /// An anonymous user, while those are not allowed (403).
     #[error("confirm your email address before creating tasks")]
     EmailNotConfirmed,
     /// The daily tick quota would be passed (429).
@@ -87,6 +90,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::EmailNotConfirmed => (StatusCode::FORBIDDEN, "email_not_confirmed"),
             ApiError::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
@@ -98,6 +102,9 @@ impl ApiError {
             }
             ApiError::IdempotencyKeyInUse => (StatusCode::CONFLICT, "idempotency_key_in_use"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NoRoute(status) if *status == StatusCode::METHOD_NOT_ALLOWED => {
+                (*status, "method_not_allowed")
+            }
             ApiError::NoRoute(status) => (*status, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

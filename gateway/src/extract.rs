@@ -31,7 +31,12 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// A JSON body: 400 when it is not JSON (or not labelled as JSON), 422 when it does not fit `T`,
+/// How long a request body may take to arrive once its head has: a body of the size this API accepts
+/// takes milliseconds, so a client that stalls mid-body is answered 408 and its connection closed, well
+/// before the request timeout.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A JSON body: 408 when it stalls, 400 when it is not JSON (or not labelled as JSON), 422 when it does not fit `T`,
 /// 413 when it is too large.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
@@ -59,17 +64,17 @@ where
                 "send the body as JSON with Content-Type: application/json".into(),
             ));
         }
-        let bytes =
-            Bytes::from_request(request, state)
-                .await
-                .map_err(|rejection| match rejection {
-                    BytesRejection::FailedToBufferBody(ref inner)
-                        if inner.body_text().contains("length limit") =>
-                    {
-                        ApiError::PayloadTooLarge
-                    }
-                    other => ApiError::BadRequest(other.body_text()),
-                })?;
+        let bytes = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, state))
+            .await
+            .map_err(|_| ApiError::BodyTimeout(BODY_TIMEOUT.as_secs()))?
+            .map_err(|rejection| match rejection {
+                BytesRejection::FailedToBufferBody(ref inner)
+                    if inner.body_text().contains("length limit") =>
+                {
+                    ApiError::PayloadTooLarge
+                }
+                other => ApiError::BadRequest(other.body_text()),
+            })?;
         // serde would also read a struct from a JSON array; the API takes objects only.
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first.is_some_and(|b| *b != b'{') {

@@ -4,7 +4,8 @@
 //! refetch (Supabase rotates keys), but at most one every [`MIN_REFETCH_INTERVAL`], so a flood of tokens
 //! with made-up `kid`s cannot turn the gateway into a load generator against the auth server. Fetches are
 //! single-flight: concurrent misses wait for one request. When a refresh fails, the previous keys keep
-//! serving.
+//! serving, stale or not, and the next attempt waits: the minimum interval, doubled after each failure up
+//! to [`MAX_BACKOFF`], so an auth server that is down sees a fetch now and then, not one per request.
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 
 /// How long fetched keys are trusted before a refresh.
 pub const CACHE_TTL: Duration = Duration::from_secs(600);
+/// The longest wait between attempts while the JWKS cannot be fetched.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The longest a JWKS fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -50,12 +53,15 @@ struct Snapshot {
     keys: HashMap<String, VerificationKey>,
     fetched_at: Option<Instant>,
     last_attempt: Option<Instant>,
+    /// Failed fetches since the last one that worked.
+    failures: u32,
 }
 
 /// Cached keys from one JWKS URL.
 pub struct JwksCache {
     url: String,
     min_refetch: Duration,
+    ttl: Duration,
     client: reqwest::Client,
     snapshot: RwLock<Arc<Snapshot>>,
     fetch: tokio::sync::Mutex<()>,
@@ -73,6 +79,11 @@ impl JwksCache {
     /// A cache for `url` that refetches for an unknown `kid` at most once per `min_refetch`; nothing is
     /// fetched until a token needs a key.
     pub fn new(url: String, min_refetch: Duration) -> Self {
+        Self::with_ttl(url, min_refetch, CACHE_TTL)
+    }
+
+    /// [`JwksCache::new`] with keys trusted for `ttl` rather than [`CACHE_TTL`].
+    pub fn with_ttl(url: String, min_refetch: Duration, ttl: Duration) -> Self {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .build()
@@ -80,6 +91,7 @@ impl JwksCache {
         Self {
             url,
             min_refetch,
+            ttl,
             client,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             fetch: tokio::sync::Mutex::new(()),
@@ -100,7 +112,7 @@ impl JwksCache {
     /// [`JwksError::Unavailable`] when the JWKS cannot be fetched and nothing is cached.
     pub async fn key(&self, kid: &str) -> Result<VerificationKey, JwksError> {
         let snapshot = self.current();
-        if is_fresh(&snapshot)
+        if self.is_fresh(&snapshot)
             && let Some(key) = snapshot.keys.get(kid)
         {
             return Ok(key.clone());
@@ -109,17 +121,24 @@ impl JwksCache {
         // Another request may have fetched while we waited.
         let snapshot = self.current();
         let known = snapshot.keys.get(kid).cloned();
-        let may_fetch = !is_fresh(&snapshot)
-            || snapshot
-                .last_attempt
-                .is_none_or(|at| at.elapsed() >= self.min_refetch);
         if let Some(key) = &known
-            && is_fresh(&snapshot)
+            && self.is_fresh(&snapshot)
         {
             return Ok(key.clone());
         }
+        let due = snapshot
+            .last_attempt
+            .is_none_or(|at| at.elapsed() >= retry_after(self.min_refetch, snapshot.failures));
+        // Stale keys are refreshed at once, unless the last attempt failed: then the backoff rules.
+        let may_fetch = due || (snapshot.failures == 0 && !self.is_fresh(&snapshot));
         if !may_fetch {
-            return known.ok_or(JwksError::UnknownKid);
+            return match known {
+                Some(key) => Ok(key),
+                None if snapshot.keys.is_empty() && snapshot.failures > 0 => Err(
+                    JwksError::Unavailable("the last fetch failed; waiting before the next".into()),
+                ),
+                None => Err(JwksError::UnknownKid),
+            };
         }
         match self.fetch_keys().await {
             Ok(keys) => {
@@ -129,15 +148,24 @@ impl JwksCache {
                     keys,
                     fetched_at: Some(now),
                     last_attempt: Some(now),
+                    failures: 0,
                 });
                 key.ok_or(JwksError::UnknownKid)
             }
             Err(error) => {
-                tracing::warn!(%error, url = %self.url, "JWKS fetch failed; keeping the cached keys");
+                let failures = snapshot.failures.saturating_add(1);
+                tracing::warn!(
+                    %error,
+                    url = %self.url,
+                    failures,
+                    retry_in_ms = retry_after(self.min_refetch, failures).as_millis() as u64,
+                    "JWKS fetch failed; keeping the cached keys"
+                );
                 self.store(Snapshot {
                     keys: snapshot.keys.clone(),
                     fetched_at: snapshot.fetched_at,
                     last_attempt: Some(Instant::now()),
+                    failures,
                 });
                 match known {
                     Some(key) => Ok(key),
@@ -146,6 +174,12 @@ impl JwksCache {
                 }
             }
         }
+    }
+
+    fn is_fresh(&self, snapshot: &Snapshot) -> bool {
+        snapshot
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < self.ttl)
     }
 
     fn store(&self, snapshot: Snapshot) {
@@ -199,8 +233,108 @@ impl JwksCache {
     }
 }
 
-fn is_fresh(snapshot: &Snapshot) -> bool {
-    snapshot
-        .fetched_at
-        .is_some_and(|at| at.elapsed() < CACHE_TTL)
+/// How long after an attempt the next may start: `min_refetch` after a success, doubled after each
+/// failure since, at most [`MAX_BACKOFF`] (or `min_refetch` when that is longer).
+fn retry_after(min_refetch: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return min_refetch;
+    }
+    let doubled = min_refetch.saturating_mul(1 << failures.min(16));
+    doubled.min(MAX_BACKOFF.max(min_refetch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    #[test]
+    fn the_wait_doubles_after_each_failure_up_to_a_minute() {
+        let min = Duration::from_secs(10);
+        assert_eq!(retry_after(min, 0), min);
+        assert_eq!(retry_after(min, 1), Duration::from_secs(20));
+        assert_eq!(retry_after(min, 2), Duration::from_secs(40));
+        assert_eq!(retry_after(min, 3), MAX_BACKOFF);
+        assert_eq!(retry_after(min, u32::MAX), MAX_BACKOFF);
+        let long = Duration::from_secs(600);
+        assert_eq!(retry_after(long, 5), long);
+    }
+
+    /// A JWKS on loopback serving one RSA key, which a test can make fail.
+    async fn jwks_server() -> (String, Arc<AtomicBool>, Arc<AtomicUsize>) {
+        let private = include_bytes!("../tests/api/fixtures/rsa-private.pem");
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(private).unwrap();
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+        jwk.common.key_id = Some("k1".into());
+        let set = JwkSet { keys: vec![jwk] };
+        let failing = Arc::new(AtomicBool::new(false));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (fail, count) = (failing.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let (fail, count, set) = (fail.clone(), count.clone(), set.clone());
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if fail.load(Ordering::SeqCst) {
+                        Err(axum::http::StatusCode::BAD_GATEWAY)
+                    } else {
+                        Ok(axum::Json(set))
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, failing, fetches)
+    }
+
+    #[tokio::test]
+    async fn stale_keys_keep_serving_while_the_auth_server_is_down_without_a_fetch_per_request() {
+        let (url, failing, fetches) = jwks_server().await;
+        let min_refetch = Duration::from_millis(300);
+        let cache = JwksCache::with_ttl(url, min_refetch, Duration::from_millis(100));
+        cache.key("k1").await.unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        for _ in 0..50 {
+            cache.key("k1").await.expect("the stale key still serves");
+        }
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            2,
+            "one failed refresh, then the backoff holds"
+        );
+
+        // The second wait is twice the minimum interval; after it, one attempt, which fails again.
+        tokio::time::sleep(retry_after(min_refetch, 1) + Duration::from_millis(50)).await;
+        for _ in 0..50 {
+            cache.key("k1").await.unwrap();
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 3);
+
+        failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep(retry_after(min_refetch, 2) + Duration::from_millis(50)).await;
+        cache.key("k1").await.unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 4, "the server is back");
+        cache.key("k1").await.unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 4, "fresh keys again");
+    }
+
+    #[tokio::test]
+    async fn with_nothing_cached_a_down_auth_server_is_unavailable_and_not_asked_again_at_once() {
+        let (url, failing, fetches) = jwks_server().await;
+        failing.store(true, Ordering::SeqCst);
+        let cache = JwksCache::new(url, Duration::from_secs(10));
+        for _ in 0..20 {
+            assert!(matches!(
+                cache.key("k1").await,
+                Err(JwksError::Unavailable(_))
+            ));
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    }
 }

@@ -48,12 +48,17 @@ pub struct AuthSettings {
     pub jwks_url: Option<String>,
     /// `SUPABASE_JWT_AUDIENCE`: the required `aud` (default `authenticated`).
     pub audience: String,
-    /// `SUPABASE_ALLOW_UNCONFIRMED`: accept anonymous and unverified users (default false).
+    /// `SUPABASE_ALLOW_UNCONFIRMED`: accept anonymous users (default false).
     pub allow_unconfirmed: bool,
     /// `SUPABASE_JWKS_MIN_REFETCH_MS`: the shortest interval between JWKS fetches caused by unknown
-    /// `kid`s (default 10000), so made-up `kid`s cannot turn the gateway against the auth server.
+    /// `kid`s (default 10000, at least [`MIN_JWKS_REFETCH_MS`]), so made-up `kid`s cannot turn the
+    /// gateway against the auth server.
     pub jwks_min_refetch: Duration,
 }
+
+/// The floor of `SUPABASE_JWKS_MIN_REFETCH_MS`: below it, tokens with made-up `kid`s would make the
+/// gateway fetch the JWKS many times a second.
+pub const MIN_JWKS_REFETCH_MS: u64 = 1_000;
 
 impl AuthSettings {
     /// The issuer tokens must carry, when `SUPABASE_URL` is set.
@@ -97,7 +102,7 @@ impl Settings {
             jwks_min_refetch: Duration::from_millis(r.ranged(
                 "SUPABASE_JWKS_MIN_REFETCH_MS",
                 10_000,
-                0,
+                MIN_JWKS_REFETCH_MS,
                 3_600_000,
             )?),
         };

@@ -223,6 +223,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
             ServiceBuilder::new()
+                .map_request(drop_unusable_request_id)
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
@@ -253,6 +254,31 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The longest `x-request-id` a client may choose: ids are echoed, logged and copied into the task's
+/// queue message, so a longer one is replaced with a fresh UUID.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Whether a client's `x-request-id` is kept: 1 to [`MAX_REQUEST_ID_LEN`] bytes of letters, digits and
+/// `-_.:` (what UUIDs, ULIDs and load balancers' trace ids use; nothing that could split a log line).
+pub fn usable_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Removes an unusable `x-request-id` so that the request-id layer gives the request a fresh one.
+fn drop_unusable_request_id<B>(mut request: Request<B>) -> Request<B> {
+    if request
+        .headers()
+        .get(REQUEST_ID)
+        .is_some_and(|id| !usable_request_id(id.as_bytes()))
+    {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    request
+}
+
 fn cors(origins: &[String]) -> CorsLayer {
     let allow_origin = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
@@ -279,4 +305,25 @@ fn cors(origins: &[String]) -> CorsLayer {
             Name::from_static("idempotent-replayed"),
         ])
         .max_age(Duration::from_secs(600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_id_is_kept_only_when_short_and_printable() {
+        assert!(usable_request_id(b"req-123"));
+        assert!(usable_request_id(
+            b"1-67891233-abcdef012345678912345678:root.span_9"
+        ));
+        assert!(usable_request_id("a".repeat(MAX_REQUEST_ID_LEN).as_bytes()));
+        assert!(!usable_request_id(b""));
+        assert!(!usable_request_id(
+            "a".repeat(MAX_REQUEST_ID_LEN + 1).as_bytes()
+        ));
+        assert!(!usable_request_id(b"two words"));
+        assert!(!usable_request_id(b"line\nbreak"));
+        assert!(!usable_request_id("caf\u{e9}".as_bytes()));
+    }
 }

@@ -144,6 +144,7 @@ pub fn idempotency(
         (status = 400, description = "Not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or invalid token", body = ErrorResponse),
         (status = 403, description = "Email not confirmed", body = ErrorResponse),
+        (status = 408, description = "`request_timeout`: the body did not arrive within 5 s of the head; nothing was charged", body = ErrorResponse),
         (status = 409, description = "`idempotency_key_in_use`: the first request with this key has not been answered yet; retry shortly", body = ErrorResponse),
         (status = 413, description = "The body is too large", body = ErrorResponse),
         (status = 422, description = "Invalid body or Idempotency-Key (`invalid_request`), or the key was used with another body (`idempotency_key_reused`)", body = ErrorResponse),

@@ -48,6 +48,8 @@ async fn requests_without_a_valid_token_are_401_and_change_nothing() {
     no_exp.as_object_mut().unwrap().remove("exp");
     let mut anon_role = claims.clone();
     anon_role["role"] = json!("anon");
+    let mut not_yet = claims.clone();
+    not_yet["nbf"] = json!(now_secs() + 600);
     let rsa = encoding_key(RSA_PRIVATE, Algorithm::RS256);
 
     let cases: Vec<(&str, Option<String>)> = vec![
@@ -59,6 +61,7 @@ async fn requests_without_a_valid_token_are_401_and_change_nothing() {
         ("wrong iss", Some(app.hs256(&wrong_iss))),
         ("no exp", Some(app.hs256(&no_exp))),
         ("anon role", Some(app.hs256(&anon_role))),
+        ("nbf in the future", Some(app.hs256(&not_yet))),
         (
             "wrong secret",
             Some(signed(
@@ -107,6 +110,15 @@ async fn requests_without_a_valid_token_are_401_and_change_nothing() {
         let (status, body) = status_of(&app, token.as_deref()).await;
         assert_eq!(status, 401, "{case}: {body}");
         assert_eq!(body["error"]["code"], "unauthorized", "{case}");
+        let message = body["error"]["message"].as_str().unwrap();
+        for internal in [
+            "Error", "Kind", "line ", "column", "Base64", "Utf8", "Json", "serde",
+        ] {
+            assert!(
+                !message.contains(internal),
+                "{case}: the 401 echoes library internals: {message}"
+            );
+        }
     }
     let get = app
         .client
@@ -156,7 +168,7 @@ async fn es256_and_rs256_tokens_are_accepted_through_the_jwks() {
 
 #[tokio::test]
 async fn a_key_rotated_into_the_jwks_is_fetched_at_once_for_its_unknown_kid() {
-    let app = spawn_app_with(&[("SUPABASE_JWKS_MIN_REFETCH_MS", "200")]).await;
+    let app = spawn_app_with(&[("SUPABASE_JWKS_MIN_REFETCH_MS", "1000")]).await;
     let claims = app.claims("alice");
     let rs = signed(
         &claims,
@@ -173,7 +185,7 @@ async fn a_key_rotated_into_the_jwks_is_fetched_at_once_for_its_unknown_kid() {
         .keys
         .push(jwk(EC_PRIVATE, Algorithm::ES256, "ec-2"));
     // Past the rate limit, the first token naming the new kid triggers the refetch.
-    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_050)).await;
     let rotated = signed(
         &claims,
         Algorithm::ES256,
@@ -207,19 +219,23 @@ async fn unknown_kids_cannot_make_the_gateway_hammer_the_jwks() {
 }
 
 #[tokio::test]
-async fn anonymous_and_unverified_users_are_403_unless_allowed() {
+async fn anonymous_users_are_403_unless_allowed_and_user_metadata_decides_nothing() {
     let app = spawn_app().await;
     let mut anonymous = app.claims("anon-1");
     anonymous["is_anonymous"] = json!(true);
-    let mut unverified = app.claims("new-1");
-    unverified["user_metadata"]["email_verified"] = json!(false);
-
-    for claims in [&anonymous, &unverified] {
-        let (status, body) = status_of(&app, Some(&app.hs256(claims))).await;
-        assert_eq!(status, 403);
-        assert_eq!(body["error"]["code"], "email_not_confirmed");
-    }
+    let (status, body) = status_of(&app, Some(&app.hs256(&anonymous))).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "email_not_confirmed");
     assert!(app.redis_keys().await.is_empty());
+
+    // The user edits `user_metadata` at will: it neither refuses nor admits anyone.
+    let mut edited = app.claims("anon-2");
+    edited["is_anonymous"] = json!(true);
+    edited["user_metadata"] = json!({"email_verified": true, "is_anonymous": false});
+    assert_eq!(status_of(&app, Some(&app.hs256(&edited))).await.0, 403);
+    let mut self_denied = app.claims("new-1");
+    self_denied["user_metadata"]["email_verified"] = json!(false);
+    assert_eq!(status_of(&app, Some(&app.hs256(&self_denied))).await.0, 202);
 
     let lenient = spawn_app_with(&[("SUPABASE_ALLOW_UNCONFIRMED", "true")]).await;
     let mut anonymous = lenient.claims("anon-1");

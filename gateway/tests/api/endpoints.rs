@@ -140,7 +140,28 @@ async fn a_wrong_method_gets_a_json_405() {
         .unwrap();
     assert_eq!(response.status(), 405);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "not_found");
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn an_oversized_or_unprintable_request_id_is_replaced_with_a_fresh_one() {
+    let app = spawn_app().await;
+    for unusable in ["x".repeat(8_000), "two words".into(), String::new()] {
+        let response = app
+            .client
+            .get(format!("{}/health", app.address))
+            .header("x-request-id", &unusable)
+            .send()
+            .await
+            .unwrap();
+        let echoed = response.headers()["x-request-id"].to_str().unwrap();
+        assert_ne!(echoed, unusable);
+        assert!(
+            uuid::Uuid::parse_str(echoed).is_ok(),
+            "a fresh id replaces {:?}: {echoed}",
+            &unusable[..unusable.len().min(20)]
+        );
+    }
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 mod auth;
 mod dashboard;
 mod disruptive;
+mod edge;
 mod endpoints;
 mod follow;
 mod helpers;

@@ -326,3 +326,35 @@ async fn a_hundred_tick_task_with_long_observations_never_sends_a_prompt_over_th
         "the observation is shown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_visit_tells_the_model_why_without_the_address_the_host_resolved_to() {
+    let fleet = spawn_fleet(&[]).await;
+    let marker = format!("e2e-{}", Uuid::new_v4());
+    // `localhost` is not on the fleet's allow-list (only `127.0.0.1` is), and resolves to loopback.
+    fleet.model.script(
+        &marker,
+        vec![
+            Reply::action("VISIT", "http://localhost:9/admin", json!({})),
+            Reply::action("EXIT", "", json!({"deliverable": "gave up"})),
+            Reply::synthesis("done", &["gave up"]),
+        ],
+    );
+
+    let id = fleet.submit("alice", &format!("probe {marker}"), 5).await;
+    let task = fleet.wait_terminal("alice", &id, DEADLINE).await;
+    assert_eq!(task["status"], "completed", "{task}");
+
+    let requests = fleet.model.requests_for(&marker);
+    let told = prompt_text(&requests[1].body);
+    assert!(
+        told.contains("VISIT refused: localhost: it is not a public address"),
+        "the model is told the URL was refused and why: {told}"
+    );
+    for internal in ["127.0.0.1", "::1"] {
+        assert!(
+            !told.contains(internal),
+            "the model is not told the resolved address ({internal}): {told}"
+        );
+    }
+}
