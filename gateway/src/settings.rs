@@ -56,6 +56,9 @@ pub struct AuthSettings {
     pub jwks_min_refetch: Duration,
 }
 
+/// The longest JSON spelling of one character: a surrogate pair of `\uXXXX` escapes.
+const MAX_ESCAPED_CHAR_BYTES: usize = 12;
+
 /// The floor of `SUPABASE_JWKS_MIN_REFETCH_MS`: below it, tokens with made-up `kid`s would make the
 /// gateway fetch the JWKS many times a second.
 pub const MIN_JWKS_REFETCH_MS: u64 = 1_000;
@@ -155,10 +158,11 @@ impl Settings {
         })
     }
 
-    /// The largest request body accepted: a full-length mandate in 4-byte characters, JSON-escaped,
-    /// with room for the rest of the object.
+    /// The largest request body accepted: a full-length mandate with every character written as a JSON
+    /// escape (12 bytes for a character outside the Basic Multilingual Plane, an emoji say: `\uD83D\uDE00`),
+    /// with room for the rest of the object. A mandate the character limit admits is never a 413.
     pub fn body_limit(&self) -> usize {
-        self.max_mandate_chars * 4 * 2 + 1024
+        self.max_mandate_chars * MAX_ESCAPED_CHAR_BYTES + 1024
     }
 }
 

@@ -12,7 +12,7 @@ Checks:
     AWSManagedRulesCommonRuleSet (SizeRestrictions_BODY overridden to Count) and
     AWSManagedRulesKnownBadInputsRuleSet, a body-size rule and CloudWatch metrics on every rule.
   * The body-size rule blocks exactly the declared Content-Length values above the gateway's own limit,
-    MAX_MANDATE_CHARS * 8 + 1024 bytes, with MAX_MANDATE_CHARS read from the gateway container and the
+    MAX_MANDATE_CHARS * 12 + 1024 bytes, with MAX_MANDATE_CHARS read from the gateway container and the
     formula checked against gateway/src/settings.rs: the regex is run over every value up to three times
     the limit, plus padded and very large ones.
   * The ApiUrl output is https://<PublicHostName> with a certificate, and the deploy workflow's smoke test
@@ -172,7 +172,7 @@ def check_ports(template, problems):
 
 # ----------------------------------------------------------------------------------------------------------
 def gateway_body_limit(root, template, problems):
-    """MAX_MANDATE_CHARS * 8 + 1024 from the gateway container, the formula checked against the Rust code."""
+    """MAX_MANDATE_CHARS * 12 + 1024 from the gateway container, the formula checked against the Rust code."""
     gateway = next((c for _, c in containers(template) if c.get("Name") == "gateway"), None)
     value = plain_values(gateway or {}).get("MAX_MANDATE_CHARS")
     if not (isinstance(value, str) and value.isdigit()):
@@ -185,10 +185,11 @@ def gateway_body_limit(root, template, problems):
             code = fh.read()
         m = re.search(r"fn body_limit\(&self\)\s*->\s*usize\s*\{\s*([^}]*?)\s*\}", code)
         body = re.sub(r"\s+", "", m.group(1)) if m else ""
-        if body not in ("self.max_mandate_chars*4*2+1024", "self.max_mandate_chars*8+1024"):
-            problems.append("gateway/src/settings.rs: body_limit() is no longer max_mandate_chars * 8 + 1024; "
+        if body != "self.max_mandate_chars*MAX_ESCAPED_CHAR_BYTES+1024" or not re.search(
+                r"const MAX_ESCAPED_CHAR_BYTES: usize = 12;", code):
+            problems.append("gateway/src/settings.rs: body_limit() is no longer max_mandate_chars * 12 + 1024; "
                             "update the WAF rule body-too-large in ecs/euglena.yaml and this check together")
-    return int(value) * 8 + 1024
+    return int(value) * 12 + 1024
 
 
 def check_size_regex(pattern, limit, problems):
@@ -209,7 +210,7 @@ def check_size_regex(pattern, limit, problems):
     wrong += [repr(k) for k, want in samples.items() if bool(rx.search(k)) != want]
     if wrong:
         problems.append(f"{WHERE}: body-too-large must match exactly the Content-Length values above {limit} "
-                        f"(MAX_MANDATE_CHARS * 8 + 1024); wrong for {wrong[:8]}")
+                        f"(MAX_MANDATE_CHARS * 12 + 1024); wrong for {wrong[:8]}")
 
 
 def check_waf(root, template, problems):

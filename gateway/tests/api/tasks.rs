@@ -224,6 +224,36 @@ async fn each_invalid_body_is_refused_with_a_clear_error_and_changes_nothing() {
     assert!(app.next_message().await.is_none(), "nothing queued");
 }
 
+#[tokio::test]
+async fn a_mandate_at_the_character_limit_is_accepted_however_its_json_is_escaped() {
+    let app = crate::helpers::spawn_app_with(&[("MAX_MANDATE_CHARS", "8000")]).await;
+    let token = app.hs256(&app.claims("alice"));
+    let post = |body: String| {
+        app.client
+            .post(format!("{}/tasks", app.address))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // 8,000 emoji, each written as a surrogate pair of escapes: 96,000 bytes of mandate.
+    let escaped = "\\uD83D\\uDE00".repeat(8_000);
+    let at_limit = post(format!(r#"{{"mandate": "{escaped}", "max_ticks": 1}}"#))
+        .await
+        .unwrap();
+    assert_eq!(at_limit.status(), 202, "{}", at_limit.text().await.unwrap());
+
+    let over = "\\uD83D\\uDE00".repeat(8_001);
+    let over_limit = post(format!(r#"{{"mandate": "{over}", "max_ticks": 1}}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        over_limit.status(),
+        422,
+        "one character too many is refused by the rule"
+    );
+}
+
 async fn spawn_app_with_limits() -> crate::helpers::TestApp {
     crate::helpers::spawn_app_with(&[("MAX_MANDATE_CHARS", "100"), ("MAX_TICKS_PER_TASK", "10")])
         .await
