@@ -16,7 +16,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 use shared::backoff::Backoff;
 use shared::queue::Topology;
-use shared::tls::Tls;
+use shared::tls::{BrokerAddress, Tls};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -57,15 +57,6 @@ pub async fn connect(
     .await
     .map_err(|_| ConsumeError::Timeout(CONNECT_TIMEOUT))?
     .map_err(ConsumeError::from)
-}
-
-/// Where the broker is: its URL (a secret: it holds the password) and the TLS trust for `amqps://`.
-#[derive(Debug, Clone)]
-pub struct BrokerAddress {
-    /// `RABBITMQ_URL`.
-    pub url: SecretString,
-    /// The CA bundle trusted for `amqps://`.
-    pub tls: Tls,
 }
 
 /// Consumes the task queue for a [`Worker`], reconnecting as needed.

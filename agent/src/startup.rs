@@ -2,7 +2,7 @@
 //! and health server, and on the shutdown signal stop consuming, drain within the grace period, clear
 //! protection, deregister and close the connection.
 
-use crate::consumer::{BrokerAddress, Consumer, connect};
+use crate::consumer::{Consumer, connect};
 use crate::error::AgentError;
 use crate::executor::TaskExecutor;
 use crate::health::{HealthServer, HealthState};
@@ -15,6 +15,7 @@ use lapin::Connection;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
 use shared::store::Lease;
+use shared::tls::BrokerAddress;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

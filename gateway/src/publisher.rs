@@ -9,11 +9,11 @@
 use lapin::Confirmation;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use shared::backoff::Backoff;
 use shared::queue::Topology;
 use shared::task::TaskMessage;
-use shared::tls::Tls;
+use shared::tls::{BrokerAddress, Tls};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -114,7 +114,7 @@ impl Publisher {
     ) -> Result<Self, ConnectError> {
         let started = tokio::time::Instant::now();
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-        let broker = Broker { url, tls };
+        let broker = BrokerAddress { url, tls };
         let (connection, channel, status) = loop {
             let result = open(&broker, &topology).await;
             let delay = backoff.next_delay();
@@ -227,23 +227,13 @@ impl Publisher {
     }
 }
 
-/// Where the broker is and how to reach it.
-struct Broker {
-    url: SecretString,
-    tls: Tls,
-}
-
 async fn open(
-    broker: &Broker,
+    broker: &BrokerAddress,
     topology: &Topology,
 ) -> Result<(Connection, Channel, Channel), String> {
     let attempt = async {
         let connection = broker
-            .tls
-            .amqp_connect(
-                broker.url.expose_secret(),
-                ConnectionProperties::default().with_connection_name("euglena-gateway".into()),
-            )
+            .connect(ConnectionProperties::default().with_connection_name("euglena-gateway".into()))
             .await?;
         let channel = connection.create_channel().await?;
         topology.declare(&channel).await?;
@@ -262,7 +252,7 @@ async fn open(
 
 async fn supervise(
     shared: Arc<Shared>,
-    broker: Broker,
+    broker: BrokerAddress,
     topology: Topology,
     mut connection: Connection,
     shutdown: CancellationToken,

@@ -18,6 +18,9 @@ use std::sync::{Arc, Once};
 pub struct Tls {
     /// The CA bundle (PEM) from `TLS_CA_FILE`, when set.
     ca_pem: Option<Arc<str>>,
+    /// The bundle followed by the system roots, as the redis crate takes them (one bundle that replaces
+    /// the system roots), built once with the bundle rather than for every Redis client.
+    redis_roots: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -55,8 +58,12 @@ impl Tls {
         if certificates == 0 {
             return Err("no PEM certificate in it".to_owned());
         }
+        let mut roots = pem.to_owned();
+        roots.push('\n');
+        roots.push_str(&system_roots_pem());
         Ok(Self {
             ca_pem: Some(Arc::from(pem)),
+            redis_roots: Some(Arc::from(roots.into_bytes())),
         })
     }
 
@@ -66,19 +73,14 @@ impl Tls {
     /// The redis crate's error for a malformed URL.
     pub fn redis_client(&self, url: &str) -> redis::RedisResult<redis::Client> {
         install_crypto_provider();
-        match &self.ca_pem {
-            Some(ca) if url.starts_with("rediss://") => {
-                let mut roots = ca.to_string();
-                roots.push('\n');
-                roots.push_str(&system_roots_pem());
-                redis::Client::build_with_tls(
-                    url,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(roots.into_bytes()),
-                    },
-                )
-            }
+        match &self.redis_roots {
+            Some(roots) if url.starts_with("rediss://") => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(roots.to_vec()),
+                },
+            ),
             _ => redis::Client::open(url),
         }
     }
@@ -99,6 +101,28 @@ impl Tls {
             cert_chain: self.ca_pem.as_deref().map(str::to_owned),
         };
         Connection::connect_with_config(url, properties, config, lapin::runtime::default_runtime()?)
+            .await
+    }
+}
+
+/// Where the broker is: its URL (a secret: it holds the password) and the TLS trust for `amqps://`.
+#[derive(Debug, Clone)]
+pub struct BrokerAddress {
+    /// `RABBITMQ_URL`.
+    pub url: secrecy::SecretString,
+    /// The CA bundle trusted for `amqps://`.
+    pub tls: Tls,
+}
+
+impl BrokerAddress {
+    /// Connects to the broker (see [`Tls::amqp_connect`]).
+    ///
+    /// # Errors
+    /// lapin's error (unreachable, refused credentials, a certificate not trusted).
+    pub async fn connect(&self, properties: ConnectionProperties) -> lapin::Result<Connection> {
+        use secrecy::ExposeSecret as _;
+        self.tls
+            .amqp_connect(self.url.expose_secret(), properties)
             .await
     }
 }
