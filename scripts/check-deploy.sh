@@ -5,8 +5,10 @@
 #   3. the GitHub workflows                             (actionlint when installed, else check-jsonschema
 #                                                        --builtin-schema vendor.github-workflows)
 #   4. env-var coverage and secret hygiene              (scripts/deploy-checks/check_env.py: every variable the
-#      binaries read is set in the ECS task definitions / Lambda and documented in .env.example; no secret
-#      is a plain Environment value)
+#      binaries read is set in the ECS task definitions / Lambda, tagged in .env.example with the code's own
+#      default, and listed in docs/operations.md's settings reference; the compose file's services and
+#      variables match the binaries' settings; .env stays out of every image; no secret is a plain
+#      Environment value)
 #   5. what sits in front of the gateway                (scripts/deploy-checks/check_edge.py: HTTPS unless
 #      AllowPlainHttp=true, 80 -> 443 redirect, only ports 80/443 open, the WAF's rate limit, managed rule
 #      groups, body-size rule equal to the gateway's limit, CloudWatch metrics on every rule)

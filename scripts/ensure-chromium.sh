@@ -17,12 +17,15 @@ if [[ ! -x "$chromium" ]]; then
     fi
     sudo=""
     if [[ "$(id -u)" -ne 0 ]]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            echo "ensure-chromium: installing chromium needs root, and sudo is not installed: run as root" >&2
+            exit 1
+        fi
         sudo="sudo"
     fi
     echo "ensure-chromium: $chromium missing, installing Debian's chromium" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update
-    $sudo apt-get install -y --no-install-recommends chromium
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 fi
 
 "$chromium" --version

@@ -105,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
             created_at: now,
         };
         let published = Instant::now();
-        topology.publish(&channel, &message, None).await?.await?;
+        topology
+            .publish(&channel, &message, &shared::queue::Origin::default())
+            .await?
+            .await?;
         confirms.push(published.elapsed());
         let taken = tokio::time::timeout(Duration::from_secs(5), started.recv())
             .await

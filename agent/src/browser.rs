@@ -226,6 +226,16 @@ pub enum VisitError {
 }
 
 impl VisitError {
+    /// The `outcome` label of a failed visit in the metrics: `refused`, `timeout` or `error`.
+    #[must_use]
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Refused(_) | Self::Blocked { .. } => "refused",
+            Self::Timeout { .. } => "timeout",
+            _ => "error",
+        }
+    }
+
     /// What the model is told: a refusal says so in general terms (see [`Refused::for_model`]); other
     /// failures as they are.
     #[must_use]

@@ -233,11 +233,13 @@ impl Embedder {
             return Ok(vectors.into_iter().flatten().collect());
         }
         let this = self.clone();
+        let started = std::time::Instant::now();
         let computed = tokio::task::spawn_blocking(move || {
             let texts: Vec<String> = missing.iter().map(|&i| texts[i].clone()).collect();
             this.compute(&texts).map(|computed| (missing, computed))
         })
         .await??;
+        crate::metrics::embedded(started.elapsed());
         Ok(self.merge(&mut vectors, computed))
     }
 

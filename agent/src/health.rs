@@ -1,7 +1,8 @@
 //! `GET /health` on `HEALTH_PORT`: the worker's id, state, tasks in hand, and whether Redis and RabbitMQ
 //! are reachable. Served from the start of start-up, before the worker has connected to anything, and
 //! always 200 while the process serves (a dependency outage is reported, not fatal: the worker
-//! reconnects by itself).
+//! reconnects by itself). `GET /metrics` on the same port: the agent's metrics ([`crate::metrics`]) in
+//! the Prometheus text format.
 
 use crate::error::AgentError;
 use crate::worker::InHand;
@@ -122,7 +123,19 @@ pub struct Components {
 pub fn router(state: HealthState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+async fn metrics(State(state): State<HealthState>) -> impl axum::response::IntoResponse {
+    crate::metrics::tasks_in_hand(state.running.get().map_or(0, |r| r.in_hand.len()));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            shared::telemetry::METRICS_CONTENT_TYPE,
+        )],
+        shared::telemetry::render_metrics(),
+    )
 }
 
 async fn health(State(state): State<HealthState>) -> Json<HealthReport> {

@@ -20,6 +20,7 @@ pub mod executor;
 pub mod health;
 pub mod llm;
 pub mod memory;
+pub mod metrics;
 pub mod mind;
 pub mod presence;
 pub mod prompt;

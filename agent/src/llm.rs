@@ -10,6 +10,7 @@ use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::ReqwestService;
+use async_openai::traits::RequestOptionsBuilder;
 use async_openai::types::chat::{
     ChatCompletionRequestMessage, ChatCompletionRequestSystemMessageArgs,
     ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs, ResponseFormat,
@@ -17,6 +18,7 @@ use async_openai::types::chat::{
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How to reach the model.
 #[derive(Debug, Clone)]
@@ -149,6 +151,28 @@ impl Llm {
         cancel: &CancellationToken,
     ) -> Result<Completion, LlmError> {
         let started = std::time::Instant::now();
+        let span = tracing::info_span!("model_call", model = %self.settings.model);
+        let completed = self
+            .complete_retrying(messages, conversation, cancel)
+            .instrument(span)
+            .await;
+        let (outcome, prompt, completion) = match &completed {
+            Ok(done) => ("ok", done.prompt_tokens, done.completion_tokens),
+            Err(LlmError::Cancelled) => ("cancelled", 0, 0),
+            Err(_) => ("error", 0, 0),
+        };
+        crate::metrics::model_call(outcome, started.elapsed(), prompt, completion);
+        completed
+    }
+
+    /// [`Llm::complete`], retrying what is worth retrying.
+    async fn complete_retrying(
+        &self,
+        messages: &[Message],
+        conversation: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Completion, LlmError> {
+        let started = std::time::Instant::now();
         let request = CreateChatCompletionRequestArgs::default()
             .model(self.settings.model.clone())
             .messages(to_openai(messages))
@@ -195,7 +219,13 @@ impl Llm {
         &self,
         request: async_openai::types::chat::CreateChatCompletionRequest,
     ) -> Attempt {
-        let chat = self.client.chat();
+        let mut chat = self.client.chat();
+        // The model server's spans (vLLM, a proxy) join the task's trace.
+        if let Some(trace) = shared::telemetry::outgoing_traceparent() {
+            chat = chat
+                .header(shared::telemetry::TRACEPARENT, trace.to_string())
+                .expect("a traceparent is hex digits and dashes, a valid header value");
+        }
         let call = chat.create(request);
         // The HTTP client has the same timeout; this bounds body decoding and anything else too.
         let response = match tokio::time::timeout(self.settings.timeout, call).await {

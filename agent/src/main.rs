@@ -33,5 +33,7 @@ async fn run() -> anyhow::Result<()> {
         .await
         .context("stopped with an error");
     visitor.shutdown().await;
+    // The last spans, when they are exported.
+    let _ = tokio::task::spawn_blocking(telemetry::shutdown).await;
     result
 }

@@ -7,7 +7,7 @@
 //! `max_ticks`, one synthesis call writes the result. Model outages are classified for the runtime:
 //! retryable (the message is requeued) or fatal (the task fails with the reason).
 
-use crate::browser::{VisitSession, Visitor};
+use crate::browser::{VisitError, VisitSession, Visitor};
 use crate::embedding::{Embedder, EmbeddingError};
 use crate::executor::{ExecutionError, Progress, TaskContext, TaskExecutor, TickReporter};
 use crate::llm::{Completion, Llm, LlmError};
@@ -22,7 +22,7 @@ use shared::api::{
     EVENT_OBSERVATION_CHARS, EVENT_PARAM_CHARS, MemoryEvent, TickEvent, Usage, preview,
 };
 use shared::task::TaskResult;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -207,6 +207,7 @@ impl Mind {
         for tick in next..=task.message.max_ticks {
             let end = self
                 .tick(task, tick, &mut state, ticks, session, cancel)
+                .instrument(tracing::info_span!("tick", tick))
                 .await?;
             ticks_used = tick;
             if matches!(end, TickEnd::Exit) {
@@ -279,6 +280,7 @@ impl Mind {
                     "Your last answer could not be used: {error}. Answer with ONE JSON object as instructed."
                 );
                 event.action = "INVALID".to_owned();
+                crate::metrics::tick("INVALID");
                 event.observation = preview(&feedback, EVENT_OBSERVATION_CHARS);
                 state.observation = Some(feedback);
                 state.last_parse_error = Some(error.to_string());
@@ -289,6 +291,7 @@ impl Mind {
         state.usable_answers += 1;
         let verb = output.next_action.verb();
         tracing::info!(tick, action = verb, "tick");
+        crate::metrics::tick(verb);
         if !output.history_update.is_empty() {
             state
                 .history
@@ -355,7 +358,13 @@ impl Mind {
             Action::Visit(url) => {
                 event.param = preview(&url, EVENT_PARAM_CHARS);
                 state.usage.visits += 1;
-                let observation = match session.visit(&url).await {
+                let visit_started = Instant::now();
+                let visited = session.visit(&url).await;
+                crate::metrics::visit(
+                    visited.as_ref().map_or_else(VisitError::outcome, |_| "ok"),
+                    visit_started.elapsed(),
+                );
+                let observation = match visited {
                     Ok(page) => {
                         if !state.sources.contains(&page.final_url) {
                             state.sources.push(page.final_url.clone());
@@ -408,9 +417,16 @@ impl Mind {
 
     async fn search(&self, query: &str) -> String {
         let Some(search) = &self.search else {
+            crate::metrics::search("unconfigured", Duration::ZERO);
             return format!("SEARCH {query} failed: no search API is configured (SEARCH_API_URL)");
         };
-        match search.search(query).await {
+        let started = Instant::now();
+        let found = search.search(query).await;
+        crate::metrics::search(
+            if found.is_ok() { "ok" } else { "error" },
+            started.elapsed(),
+        );
+        match found {
             Ok(hits) => format_hits(query, &hits, SEARCH_OBSERVATION_CHARS),
             Err(error) => format!("SEARCH {query} failed: {error}"),
         }

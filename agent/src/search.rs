@@ -226,6 +226,9 @@ impl SearchClient {
                 .http
                 .get(url)
                 .header(ACCEPT, HeaderValue::from_static("application/json"));
+            if let Some(trace) = shared::telemetry::outgoing_traceparent() {
+                request = request.header(shared::telemetry::TRACEPARENT, trace.to_string());
+            }
             if let Some(key) = &self.settings.api_key {
                 let (name, value) = match provider {
                     SearchProvider::Brave => {

@@ -52,7 +52,10 @@ async fn main() -> anyhow::Result<()> {
                     created_at: chrono::Utc::now(),
                 };
                 let sent = Instant::now();
-                topology.publish(&channel, &message, None).await?.await?;
+                topology
+                    .publish(&channel, &message, &shared::queue::Origin::default())
+                    .await?
+                    .await?;
                 latencies.saturating_record(
                     u64::try_from(sent.elapsed().as_micros())
                         .unwrap_or(u64::MAX)

@@ -1,8 +1,12 @@
 //! `loadgen`: drives a running gateway at a fixed concurrency and prints requests/s and p50/p99
 //! latency for `POST /tasks`, then `GET /tasks/{id}` over the tasks it created.
 //!
-//! Usage: `loadgen --url http://127.0.0.1:8080 --secret S [--concurrency 32] [--seconds 10] [--users 1000]`
+//! Usage: `loadgen --url http://127.0.0.1:8080 --secret S [--concurrency 32] [--seconds 10] [--users 1000]
+//! [--bare http://127.0.0.1:18090 --rounds 3]`
 //! The gateway must accept HS256 tokens signed with `S` and have a daily limit large enough for the run.
+//! With `--bare` (the `bare` binary on the gateway's key prefix), the `GET /tasks/{id}` phase alternates
+//! between the gateway and the bare handler for `--rounds` rounds over the same tasks, and the gateway's
+//! throughput is printed as a share of the bare handler's, measured in the same run.
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
@@ -23,6 +27,8 @@ struct Options {
     concurrency: usize,
     seconds: u64,
     users: usize,
+    bare: Option<String>,
+    rounds: usize,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -32,6 +38,8 @@ fn parse_options() -> anyhow::Result<Options> {
         concurrency: 32,
         seconds: 10,
         users: 1000,
+        bare: None,
+        rounds: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -44,6 +52,8 @@ fn parse_options() -> anyhow::Result<Options> {
             "--concurrency" => options.concurrency = value.parse()?,
             "--seconds" => options.seconds = value.parse()?,
             "--users" => options.users = value.parse()?,
+            "--bare" => options.bare = Some(value),
+            "--rounds" => options.rounds = value.parse()?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -148,6 +158,12 @@ where
     Ok((total, started.elapsed()))
 }
 
+/// Requests per second of a phase.
+#[allow(clippy::cast_precision_loss)]
+fn rate(outcome: &Outcome, elapsed: Duration) -> f64 {
+    outcome.latencies.len() as f64 / elapsed.as_secs_f64()
+}
+
 fn report(name: &str, outcome: &Outcome, elapsed: Duration) {
     let count = outcome.latencies.len();
     #[allow(clippy::cast_precision_loss)]
@@ -196,19 +212,39 @@ async fn main() -> anyhow::Result<()> {
         bail!("no task was created; is the gateway up and the secret right?");
     }
 
-    let (url, t, ids) = (options.url.clone(), tokens.clone(), Arc::new(created.ids));
-    let (read, elapsed) = phase(&client, &options, move |worker, n| {
-        let index = (worker * 7919 + usize::try_from(n).unwrap_or(0)) % ids.len();
-        let (user, id) = &ids[index];
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(format!("{url}/tasks/{id}"))
-            .header("authorization", format!("Bearer {}", t[*user]))
-            .body(Full::new(Bytes::new()))
-            .expect("a valid request");
-        (*user, request)
-    })
-    .await?;
-    report("GET /tasks/{id}", &read, elapsed);
+    let ids = Arc::new(created.ids);
+    let read = |url: String| {
+        let (t, ids) = (tokens.clone(), ids.clone());
+        move |worker: usize, n: u64| {
+            let index = (worker * 7919 + usize::try_from(n).unwrap_or(0)) % ids.len();
+            let (user, id) = &ids[index];
+            let request = Request::builder()
+                .method(Method::GET)
+                .uri(format!("{url}/tasks/{id}"))
+                .header("authorization", format!("Bearer {}", t[*user]))
+                .body(Full::new(Bytes::new()))
+                .expect("a valid request");
+            (*user, request)
+        }
+    };
+    let Some(bare) = options.bare.clone() else {
+        let (outcome, elapsed) = phase(&client, &options, read(options.url.clone())).await?;
+        report("GET /tasks/{id}", &outcome, elapsed);
+        return Ok(());
+    };
+    let (mut gateway_rate, mut bare_rate) = (0.0, 0.0);
+    for round in 1..=options.rounds {
+        let (outcome, elapsed) = phase(&client, &options, read(options.url.clone())).await?;
+        report(&format!("gateway GET #{round}"), &outcome, elapsed);
+        gateway_rate += rate(&outcome, elapsed);
+        let (outcome, elapsed) = phase(&client, &options, read(bare.clone())).await?;
+        report(&format!("bare GET #{round}"), &outcome, elapsed);
+        bare_rate += rate(&outcome, elapsed);
+    }
+    println!(
+        "gateway GET /tasks/{{id}} = {:.0}% of the bare handler's throughput (same run, {} rounds)",
+        100.0 * gateway_rate / bare_rate,
+        options.rounds
+    );
     Ok(())
 }

@@ -17,6 +17,7 @@ use crate::publisher::Publisher;
 use crate::store::{StoreError, TaskStore};
 use shared::Status;
 use shared::backoff::Backoff;
+use shared::queue::Origin;
 use shared::store::Outcome;
 use shared::task::TaskMessage;
 use std::time::Duration;
@@ -83,13 +84,12 @@ impl Enqueuer {
     pub async fn enqueue(
         &self,
         message: TaskMessage,
-        request_id: Option<String>,
+        origin: Origin,
         idempotency_key: Option<String>,
     ) -> Result<(), String> {
         let this = self.clone();
         let work = async move {
-            this.publish_or_fail(&message, request_id.as_deref())
-                .await?;
+            this.publish_or_fail(&message, &origin).await?;
             if let Some(key) = idempotency_key {
                 this.mark_answered(&key).await;
             }
@@ -101,12 +101,8 @@ impl Enqueuer {
             .unwrap_or_else(|error| Err(format!("queueing the task failed: {error}")))
     }
 
-    async fn publish_or_fail(
-        &self,
-        message: &TaskMessage,
-        request_id: Option<&str>,
-    ) -> Result<(), String> {
-        let Err(error) = self.publisher.publish(message, request_id).await else {
+    async fn publish_or_fail(&self, message: &TaskMessage, origin: &Origin) -> Result<(), String> {
+        let Err(error) = self.publisher.publish(message, origin).await else {
             return Ok(());
         };
         let reason = format!("the task could not be queued: {error}");

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod follow;
 pub mod jwks;
+pub mod metrics;
 pub mod publisher;
 pub mod quota;
 pub mod routes;

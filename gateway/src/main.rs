@@ -31,5 +31,7 @@ async fn run() -> anyhow::Result<()> {
     application
         .run_until_stopped(shared::shutdown::shutdown_signal())
         .await;
+    // The last spans, when they are exported.
+    let _ = tokio::task::spawn_blocking(telemetry::shutdown).await;
     Ok(())
 }

@@ -11,7 +11,7 @@ use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use secrecy::SecretString;
 use shared::backoff::Backoff;
-use shared::queue::Topology;
+use shared::queue::{Origin, Topology};
 use shared::task::TaskMessage;
 use shared::tls::{BrokerAddress, Tls};
 use std::sync::{Arc, RwLock};
@@ -196,23 +196,34 @@ impl Publisher {
     pub async fn publish(
         &self,
         message: &TaskMessage,
-        request_id: Option<&str>,
+        origin: &Origin,
     ) -> Result<(), PublishError> {
         let channel = self
             .current()
             .filter(|c| c.status().connected())
             .ok_or(PublishError::Unavailable)?;
+        let started = std::time::Instant::now();
+        let published = self.publish_on(&channel, message, origin).await;
+        crate::metrics::publish_confirmed(confirm_outcome(&published), started.elapsed());
+        published
+    }
+
+    /// [`Publisher::publish`] on `channel`.
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        message: &TaskMessage,
+        origin: &Origin,
+    ) -> Result<(), PublishError> {
         // One deadline for the write and the confirm: a broker under a memory or disk alarm stops
         // reading from publishers, so the write itself can wait as long as the alarm lasts.
         let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         let timed_out = |_| PublishError::Timeout(self.confirm_timeout);
-        let confirm = tokio::time::timeout_at(
-            deadline,
-            self.topology.publish(&channel, message, request_id),
-        )
-        .await
-        .map_err(timed_out)?
-        .inspect_err(|_| self.shared.lost.notify_one())?;
+        let confirm =
+            tokio::time::timeout_at(deadline, self.topology.publish(channel, message, origin))
+                .await
+                .map_err(timed_out)?
+                .inspect_err(|_| self.shared.lost.notify_one())?;
         let confirmation = tokio::time::timeout_at(deadline, confirm)
             .await
             .map_err(timed_out)?
@@ -224,6 +235,17 @@ impl Publisher {
             // The channel is always in confirm mode; a missing confirm means it was not.
             Confirmation::NotRequested => Err(PublishError::Nacked),
         }
+    }
+}
+
+/// The `outcome` label of a publish's confirm latency.
+fn confirm_outcome(published: &Result<(), PublishError>) -> &'static str {
+    match published {
+        Ok(()) => "ack",
+        Err(PublishError::Nacked) => "nack",
+        Err(PublishError::Returned) => "returned",
+        Err(PublishError::Timeout(_)) => "timeout",
+        Err(PublishError::Unavailable | PublishError::Broker(_)) => "error",
     }
 }
 

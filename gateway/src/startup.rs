@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 /// The request id header, set on every request and response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -195,7 +194,8 @@ async fn wait_for_redis(store: &TaskStore, deadline: Duration) -> Result<(), Sta
     }
 }
 
-/// The full router with its middleware: request ids, tracing, CORS, body limit, request timeout.
+/// The full router with its middleware: request ids, each request's span, trace context and metrics,
+/// CORS, body limit, request timeout.
 pub fn router(state: AppState) -> Router {
     let timeout = state.settings.request_timeout;
     let cors = cors(&state.settings.cors_origins);
@@ -218,6 +218,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard/config.json", get(crate::dashboard::config))
         .route("/health", get(routes::health::health))
         .route("/openapi.json", get(routes::openapi::openapi))
+        .route("/metrics", get(crate::metrics::render))
         .fallback(|| async { ApiError::NoRoute(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::NoRoute(StatusCode::METHOD_NOT_ALLOWED) })
         .layer(DefaultBodyLimit::max(body_limit))
@@ -225,22 +226,8 @@ pub fn router(state: AppState) -> Router {
             ServiceBuilder::new()
                 .map_request(drop_unusable_request_id)
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                        let request_id = request
-                            .headers()
-                            .get(REQUEST_ID)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("");
-                        tracing::info_span!(
-                            "request",
-                            method = %request.method(),
-                            path = %request.uri().path(),
-                            request_id,
-                        )
-                    }),
-                )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(axum::middleware::from_fn(crate::metrics::observe))
                 .layer(cors)
                 .layer(HandleErrorLayer::new(|error: BoxError| async move {
                     if error.is::<tower::timeout::error::Elapsed>() {

@@ -8,7 +8,17 @@ and, for every container and the Lambda:
   * no secret-looking name (…_KEY, SECRET, PASSWORD, PASS, TOKEN, CREDENTIAL, REDIS_URL, RABBITMQ_URL) is a
     plain Environment value, and no plain value is a URL carrying credentials (scheme://user:pass@host);
 plus a few structural guarantees of the compose file, the template (check_structure) and the Dockerfiles
-(check_dockerfiles).
+(check_dockerfiles), and, against the code (check_compose, check_env_example, check_settings_reference):
+  * docker-compose.yml: every service is known, each app service builds from an existing Dockerfile whose
+    .dockerignore keeps .env out, reads .env, and sets in `environment:` only variables its binary reads;
+    every ${VAR} it interpolates is set in .env.example; the fixture model is behind a profile;
+  * .env.example: every variable carries a tag ([required], [optional, default: X] or [compose]); [compose]
+    variables are not read by the binaries and every other one is; a default the code states as a literal
+    (string_or / parse_or / ranged / seconds / bool_or, constants resolved) is the default written, and a
+    commented-out `# NAME=value` line shows that default or nothing; SUPABASE_URL is not set (development
+    tokens carry no `iss`);
+  * docs/operations.md, section "Settings reference": every variable the binaries read has a row there, and
+    the row names the code's literal default.
 
 The variable list is the documented configuration contract (copied below) united with the names found by
 regex in the Rust settings code, when those files exist. Exemptions carry a reason each.
@@ -30,7 +40,8 @@ import yaml
 # The documented configuration contract (keep in sync when it changes). Component -> variables it reads.
 DOCUMENTED_VARIABLES = {
     # "Shared": read by the gateway, the agent and the metrics sidecar (shared::settings::CommonSettings).
-    "shared": ["REDIS_URL", "RABBITMQ_URL", "AGENT_INPUT_QUEUE", "REDIS_KEY_PREFIX", "LOG_FORMAT", "RUST_LOG"],
+    "shared": ["REDIS_URL", "RABBITMQ_URL", "AGENT_INPUT_QUEUE", "REDIS_KEY_PREFIX", "LOG_FORMAT", "RUST_LOG",
+               "TLS_CA_FILE", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"],
     "gateway": ["PORT", "SUPABASE_URL", "SUPABASE_JWT_SECRET", "SUPABASE_JWKS_URL", "SUPABASE_JWT_AUDIENCE",
                 "SUPABASE_ALLOW_UNCONFIRMED", "DAILY_TICK_LIMIT", "MAX_TICKS_PER_TASK", "MAX_MANDATE_CHARS",
                 "CORS_ORIGINS"],
@@ -46,9 +57,9 @@ SHARED_USERS = ("gateway", "agent", "sidecar")
 
 # Rust files whose string literals passed to the settings helpers name variables, by component.
 CODE_SOURCES = {
-    "shared": ["shared/src/settings.rs", "shared/src/telemetry.rs"],
-    "gateway": ["gateway/src/settings.rs"],
-    "agent": ["agent/src/settings.rs"],
+    "shared": ["shared/src/*.rs"],
+    "gateway": ["gateway/src/**/*.rs"],
+    "agent": ["agent/src/**/*.rs"],
     "sidecar": ["metrics-sidecar/src/*.rs"],
     "lambda": ["autoscaler-lambda/src/*.rs"],
 }
@@ -79,6 +90,9 @@ EXEMPT_FROM_AWS = {
     "AWS_ACCESS_KEY_ID": "credentials come from the task/function role, never from variables",
     "AWS_SECRET_ACCESS_KEY": "credentials come from the task/function role, never from variables",
     "AWS_SESSION_TOKEN": "credentials come from the task/function role, never from variables",
+    "TLS_CA_FILE": "the managed endpoints (ElastiCache, Amazon MQ) present public certificates the system roots cover",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "the stack runs no trace collector; unset, nothing is exported",
+    "OTEL_SERVICE_NAME": "defaults to the binary's name; only meaningful with OTEL_EXPORTER_OTLP_ENDPOINT",
 }
 # Lambda only: the runtime sets these and they are reserved (CloudFormation refuses them).
 EXEMPT_FROM_LAMBDA = {
@@ -128,6 +142,12 @@ def read_yaml(path):
         return yaml.load(fh, Loader=CfnLoader)
 
 
+def is_test_file(path):
+    """Test modules kept in files of their own (`.../tests.rs`, `.../tests/...`): not the binaries' settings."""
+    parts = path.replace(os.sep, "/").split("/")
+    return parts[-1] == "tests.rs" or "tests" in parts[:-1]
+
+
 def strip_tests(source: str) -> str:
     """Drops `#[cfg(test)]` modules (everything from the first one: they sit at the end of our files)."""
     cut = source.find("#[cfg(test)]")
@@ -138,7 +158,9 @@ def variables_from_code(root):
     found = {}
     for component, patterns in CODE_SOURCES.items():
         for pattern in patterns:
-            for path in sorted(glob.glob(os.path.join(root, pattern))):
+            for path in sorted(glob.glob(os.path.join(root, pattern), recursive=True)):
+                if is_test_file(os.path.relpath(path, root)):
+                    continue
                 with open(path, encoding="utf-8") as fh:
                     text = strip_tests(fh.read())
                 for match in list(HELPER_CALL.finditer(text)) + list(ENV_VAR_CALL.finditer(text)):
@@ -306,6 +328,303 @@ def check_dockerfiles(root, problems):
                 problems.append(f"docker/agent.Dockerfile: needs {needle}")
 
 
+
+# ----------------------------------------------------------------------------------------------------------
+# The compose file and .env.example against the code, and the settings reference.
+
+# Compose services -> the component whose settings the container reads (None: no settings of ours).
+COMPOSE_SERVICES = {
+    "redis": None, "rabbitmq": None, "qdrant": None, "fixture-model": None,
+    "gateway": "gateway", "agent": "agent", "metrics-sidecar": "sidecar",
+}
+# Variables read by docker compose itself or by the redis/rabbitmq images, never by our binaries.
+COMPOSE_ONLY = {"COMPOSE_PROFILES", "RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS", "REDIS_PASSWORD"}
+# Read by the AWS SDK (credential chain), not by our settings code; documented for the sidecar.
+SDK_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"}
+# [required] although the code gives a default-free Missing error only for a combination: name -> why.
+CONDITIONALLY_REQUIRED = {
+    "SUPABASE_JWT_SECRET": "the gateway refuses to start with none of SUPABASE_JWT_SECRET, SUPABASE_URL, "
+                           "SUPABASE_JWKS_URL",
+}
+SETTINGS_DOC = os.path.join("docs", "operations.md")
+SETTINGS_HEADING = "## Settings reference"
+
+DEFAULT_CALL = re.compile(
+    r"\b(string_or|parse_or|ranged|seconds|bool_or)\s*(?:::<[^>]*>)?\(\s*\"([A-Z][A-Z0-9_]*)\"\s*,\s*"
+    r"(\"[^\"]*\"|[^,()\"]+?)\s*[,)]",
+    re.S,
+)
+KIND_CALL = re.compile(
+    r"\b(optional|string_or|parse_or|parse|ranged|bool_or|secret|required_secret|seconds)"
+    r"\s*(?:::<[^>]*>)?\(\s*(?:&?[a-z_][a-z0-9_]*\s*,\s*)?\"([A-Z][A-Z0-9_]*)\"",
+    re.S,
+)
+MISSING_CALL = re.compile(r"(?:SettingsError::Missing\(|required_secret\()\s*\"([A-Z][A-Z0-9_]*)\"")
+CONST_DEF = re.compile(r"\bconst\s+([A-Z][A-Z0-9_]*)\s*:\s*[^=;]+=\s*([^;]+);")
+DEFAULTING = {"string_or", "parse_or", "ranged", "seconds", "bool_or"}
+# Defaults the settings helpers do not express, read from the code by a pattern of their own.
+EXTRA_DEFAULTS = {
+    "RUST_LOG": ("shared/src/telemetry.rs", re.compile(r"const DEFAULT_FILTER: &str = \"([^\"]*)\";")),
+    "LOG_FORMAT": ("shared/src/telemetry.rs", re.compile(r"None \| Some\(\"(\w+)\"\) => Ok\(LogFormat::")),
+}
+TAG = re.compile(r"\[(required|optional|compose)\b([^\]]*)\]")
+NUMBER_SUFFIX = re.compile(r"_?(?:u8|u16|u32|u64|u128|usize|i8|i16|i32|i64|isize|f32|f64)$")
+
+
+def _source_files(root):
+    for component, patterns in CODE_SOURCES.items():
+        for pattern in patterns:
+            for path in sorted(glob.glob(os.path.join(root, pattern), recursive=True)):
+                if is_test_file(os.path.relpath(path, root)):
+                    continue
+                with open(path, encoding="utf-8") as fh:
+                    yield component, path, strip_tests(fh.read())
+
+
+def _literal(expr, consts):
+    """The canonical text of a Rust default expression, or None when it is not a literal (or a constant)."""
+    expr = expr.strip()
+    for _ in range(3):
+        name = expr.split("::")[-1].strip()
+        if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and name in consts:
+            expr = consts[name].strip()
+        else:
+            break
+    if len(expr) >= 2 and expr[0] == expr[-1] == '"':
+        return expr[1:-1]
+    if expr in ("true", "false"):
+        return expr
+    number = NUMBER_SUFFIX.sub("", expr).replace("_", "")
+    try:
+        value = float(number)
+    except ValueError:
+        return None
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def code_defaults(root):
+    """name -> {"literals": {text}, "defaulting": bool, "plain": bool, "required": bool} from the code."""
+    files = list(_source_files(root))
+    consts = {}
+    for _, _, text in files:
+        for m in CONST_DEF.finditer(text):
+            consts.setdefault(m.group(1), m.group(2))
+    info = {}
+
+    def entry(name):
+        return info.setdefault(name, {"literals": set(), "defaulting": False, "plain": False, "required": False})
+
+    for _, _, text in files:
+        for m in KIND_CALL.finditer(text):
+            e = entry(m.group(2))
+            if m.group(1) in DEFAULTING:
+                e["defaulting"] = True
+            else:
+                e["plain"] = True
+        for m in DEFAULT_CALL.finditer(text):
+            value = _literal(m.group(3), consts)
+            if value is not None:
+                entry(m.group(2))["literals"].add(value)
+        for m in MISSING_CALL.finditer(text):
+            entry(m.group(1))["required"] = True
+    for name, (rel, pattern) in EXTRA_DEFAULTS.items():
+        path = os.path.join(root, rel)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                m = pattern.search(fh.read())
+            if m:
+                e = entry(name)
+                e["defaulting"] = True
+                e["literals"].add(m.group(1))
+    return info
+
+
+def _mentions(text, literal):
+    """Whether `literal` stands on its own in `text` (numbers compared as numbers, `(empty)` for "")."""
+    if literal == "":
+        return "empty" in text
+    pattern = r"(?<![\w./:=-])" + re.escape(literal) + r"(?![\w/:=-])"
+    if re.search(pattern, text):
+        return True
+    try:
+        wanted = float(literal)
+    except ValueError:
+        return False
+    return any(float(n.replace(",", "")) == wanted for n in re.findall(r"(?<![\w.])\d[\d,]*(?:\.\d+)?", text))
+
+
+def parse_env_example(path):
+    """name -> {"set": bool, "value": str, "tag": kind or None, "tag_text": str, "line": n}."""
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    var_line = re.compile(r"^\s*(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
+    entries = {}
+    for i, line in enumerate(lines):
+        m = var_line.match(line)
+        if not m:
+            continue
+        comments = []
+        j = i - 1
+        while j >= 0 and lines[j].lstrip().startswith("#") and not var_line.match(lines[j]):
+            comments.insert(0, lines[j].lstrip("# ").rstrip())
+            j -= 1
+        tags = TAG.findall(" ".join(comments))
+        kind, rest = tags[-1] if tags else (None, "")
+        entries[m.group(2)] = {"set": not m.group(1), "value": m.group(3).strip(), "tag": kind,
+                               "tag_text": rest, "line": i + 1}
+    return entries
+
+
+def _tag_default(rest):
+    m = re.search(r"default:\s*(.*)$", rest.strip())
+    return m.group(1).strip() if m else None
+
+
+def check_env_example(root, entries, read_by_code, defaults, problems):
+    where = ".env.example"
+    known = set(read_by_code) | SDK_VARIABLES
+    for name, e in sorted(entries.items()):
+        at = f"{where}:{e['line']}: {name}"
+        if e["tag"] is None:
+            problems.append(f"{at} has no [required] / [optional, default: X] / [compose] tag in the comment above it")
+            continue
+        if e["tag"] == "compose":
+            if name not in COMPOSE_ONLY:
+                problems.append(f"{at} is tagged [compose] but is not one of {sorted(COMPOSE_ONLY)}")
+            if name in read_by_code:
+                problems.append(f"{at} is tagged [compose] but a binary reads it")
+            continue
+        if name not in known:
+            problems.append(f"{at}: no binary reads it (a stale or misspelt name)")
+        code = defaults.get(name, {})
+        if e["tag"] == "required":
+            if not code.get("required") and name not in CONDITIONALLY_REQUIRED:
+                problems.append(f"{at} is tagged [required] but the code has a default or treats it as optional")
+            continue
+        if code.get("required"):
+            problems.append(f"{at}: the code requires it (SettingsError::Missing); tag it [required]")
+        written = _tag_default(e["tag_text"])
+        if written is None:
+            problems.append(f"{at}: [optional] needs `default: X` (or `default: (none)`)")
+            continue
+        literals = code.get("literals", set())
+        free_text = written.startswith("(") and not written.startswith("(empty")
+        if literals:
+            missing = [lit for lit in sorted(literals) if free_text or not _mentions(written, lit)]
+            if missing:
+                problems.append(f"{at}: the code's default is {' / '.join(repr(m) for m in missing)}, "
+                                f"but the tag says default: {written}")
+        elif code.get("plain") and not code.get("defaulting") and not written.startswith("("):
+            problems.append(f"{at}: the code has no default for it, but the tag says default: {written}; "
+                            f"write `default: (none)` or say in parentheses what happens")
+        if not e["set"] and e["value"]:
+            if not literals and code.get("defaulting") and _mentions(written, e["value"]):
+                pass  # a default the code computes (an enum's Default, say), as the tag states it
+            elif not literals:
+                problems.append(f"{at}: a commented-out line shows the default; the code has none, so leave it "
+                                f"empty (`# {name}=`) and give examples in the comment")
+            elif not any(e["value"] == lit or _mentions(e["value"], lit) for lit in literals):
+                problems.append(f"{at}: the commented-out value {e['value']!r} is not the code's default "
+                                f"({' / '.join(sorted(literals))})")
+    for name in read_by_code:
+        if name in entries or name in EXEMPT_FROM_ENV_EXAMPLE:
+            continue
+        problems.append(f"{where}: {name} is read by a binary but not listed")
+    supabase = entries.get("SUPABASE_URL")
+    if supabase and supabase["set"]:
+        problems.append(f"{where}: SUPABASE_URL is set, so the gateway demands iss={{SUPABASE_URL}}/auth/v1, which "
+                        f"the development tokens of scripts/dev-jwt.sh lack: leave it commented out")
+
+
+def check_compose(root, compose, entries, required, problems):
+    where = "docker-compose.yml"
+    services = (compose or {}).get("services") or {}
+    for name in services:
+        if name not in COMPOSE_SERVICES:
+            problems.append(f"{where}: service {name} is unknown to scripts/deploy-checks/check_env.py "
+                            f"(add it to COMPOSE_SERVICES with the settings it reads)")
+    for name, svc in services.items():
+        svc = svc or {}
+        component = COMPOSE_SERVICES.get(name)
+        build = svc.get("build")
+        if isinstance(build, dict) and build.get("dockerfile"):
+            dockerfile = os.path.join(root, build.get("context", "."), build["dockerfile"])
+            if not os.path.exists(dockerfile):
+                problems.append(f"{where}: {name} builds from {build['dockerfile']}, which does not exist")
+            ignore = dockerfile + ".dockerignore"
+            if not os.path.exists(ignore):
+                problems.append(f"{where}: {name}: {build['dockerfile']}.dockerignore is missing (.env would be "
+                                f"sent to the builder)")
+        environment = svc.get("environment") or {}
+        if isinstance(environment, list):
+            environment = dict(item.split("=", 1) if "=" in item else (item, "") for item in environment)
+        if component is None:
+            continue
+        env_files = svc.get("env_file")
+        env_files = env_files if isinstance(env_files, list) else [env_files]
+        if not any((f.get("path") if isinstance(f, dict) else f) == ".env" for f in env_files if f):
+            problems.append(f"{where}: {name} must read env_file .env (the settings documented in .env.example)")
+        for var in environment:
+            if var not in required[component]:
+                problems.append(f"{where}: {name} sets {var}, which the {component} does not read")
+    text = open(os.path.join(root, "docker-compose.yml"), encoding="utf-8").read()
+    for var in sorted(set(re.findall(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)", text))):
+        e = entries.get(var)
+        if not e or not e["set"]:
+            problems.append(f"{where}: interpolates ${{{var}}}, which .env.example does not set")
+    fixture = services.get("fixture-model")
+    if fixture is not None:
+        profiles = fixture.get("profiles") or []
+        if not profiles:
+            problems.append(f"{where}: fixture-model must sit behind a profile (it is not a model)")
+        model_url = (entries.get("MODEL_API_URL") or {}).get("value", "")
+        if "fixture-model" in model_url:
+            wanted = set((entries.get("COMPOSE_PROFILES") or {}).get("value", "").split(","))
+            if not wanted & set(profiles):
+                problems.append(".env.example: MODEL_API_URL points at fixture-model, so COMPOSE_PROFILES must "
+                                f"enable its profile ({', '.join(profiles)})")
+    for ignore in sorted(glob.glob(os.path.join(root, "docker", "*.dockerignore"))) + [
+            os.path.join(root, ".dockerignore")]:
+        if not os.path.exists(ignore):
+            problems.append(f"{os.path.relpath(ignore, root)} is missing")
+            continue
+        rules = {line.strip() for line in open(ignore, encoding="utf-8") if line.strip()}
+        for rule in (".env", ".env.*", "!.env.example"):
+            if rule not in rules:
+                problems.append(f"{os.path.relpath(ignore, root)}: needs the line {rule} (no local secrets in images)")
+
+
+def check_settings_reference(root, read_by_code, defaults, problems):
+    path = os.path.join(root, SETTINGS_DOC)
+    if not os.path.exists(path):
+        problems.append(f"{SETTINGS_DOC} is missing (it holds the settings reference)")
+        return
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    start = text.find(SETTINGS_HEADING)
+    if start < 0:
+        problems.append(f"{SETTINGS_DOC}: no section '{SETTINGS_HEADING}'")
+        return
+    end = text.find("\n## ", start + len(SETTINGS_HEADING))
+    section = text[start:] if end < 0 else text[start:end]
+    rows = {}
+    for line in section.splitlines():
+        if not line.startswith("|"):
+            continue
+        cells = line.split("|")
+        first = cells[1] if len(cells) > 2 else ""
+        for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", first):
+            rows.setdefault(name, []).append(line)
+    for name in sorted(read_by_code):
+        if name not in rows:
+            problems.append(f"{SETTINGS_DOC}: {name} (read by a binary) has no row in '{SETTINGS_HEADING}'")
+            continue
+        row = " ".join(rows[name])
+        for literal in sorted(defaults.get(name, {}).get("literals", set())):
+            if not _mentions(row, literal):
+                problems.append(f"{SETTINGS_DOC}: the row of {name} does not give the code's default {literal!r}")
+
+
 def env_example_names(path):
     names, values = set(), {}
     with open(path, encoding="utf-8") as fh:
@@ -374,13 +693,20 @@ def main(root):
 
     check_structure(root, template, compose, problems)
     check_dockerfiles(root, problems)
+    read_by_code = set().union(*(set(names) for names in required.values()))
+    defaults = code_defaults(root)
+    entries = parse_env_example(os.path.join(root, ".env.example"))
+    check_env_example(root, entries, read_by_code, defaults, problems)
+    check_compose(root, compose, entries, required, problems)
+    check_settings_reference(root, read_by_code, defaults, problems)
 
     if problems:
         print(f"\nFAILED: {len(problems)} problem(s)", file=sys.stderr)
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
         return 1
-    print("env-var coverage, secret hygiene, compose/template/Dockerfile structure: ok")
+    print("env-var coverage, secret hygiene, compose/template/Dockerfile structure, .env.example tags and "
+          "defaults against the code, compose variables, settings reference: ok")
     return 0
 
 

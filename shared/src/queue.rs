@@ -7,6 +7,7 @@
 //! [`Topology::queue_arguments`] and [`Topology::parked_queue_arguments`].
 
 use crate::task::TaskMessage;
+use crate::telemetry::{TRACEPARENT, TraceParent};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
@@ -28,6 +29,16 @@ pub fn parked_queue_of(dead_letter_queue: &str) -> String {
 
 /// The AMQP header carrying the HTTP request id from the gateway to the agent's task span.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Where a task message comes from, carried in its headers: the id of the HTTP request that created the
+/// task (`x-request-id`) and its W3C trace context (`traceparent`), which the agent's task span continues.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The HTTP request id.
+    pub request_id: Option<String>,
+    /// The trace context the task's span continues.
+    pub trace: Option<TraceParent>,
+}
 
 /// Names and limits of the task queue and its dead-letter queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +145,7 @@ impl Topology {
     }
 
     /// Publishes `message` persistently and `mandatory` to the task queue on `channel`, returning the
-    /// broker's confirm to await. `request_id` travels in the `x-request-id` header.
+    /// broker's confirm to await. `origin` travels in the message's headers.
     ///
     /// # Errors
     /// When the channel cannot send (closed, broker gone).
@@ -142,7 +153,7 @@ impl Topology {
         &self,
         channel: &Channel,
         message: &TaskMessage,
-        request_id: Option<&str>,
+        origin: &Origin,
     ) -> Result<lapin::PublisherConfirm, lapin::Error> {
         let body = serde_json::to_vec(message).expect("a TaskMessage always serialises");
         channel
@@ -154,20 +165,27 @@ impl Topology {
                     ..BasicPublishOptions::default()
                 },
                 &body,
-                message_properties(message.correlation_id, request_id),
+                message_properties(message.correlation_id, origin),
             )
             .await
     }
 }
 
-/// Properties of a task message: persistent JSON, `message_id` and `correlation_id` = task id.
-pub fn message_properties(task_id: Uuid, request_id: Option<&str>) -> BasicProperties {
+/// Properties of a task message: persistent JSON, `message_id` and `correlation_id` = task id, and
+/// `origin` in the headers.
+pub fn message_properties(task_id: Uuid, origin: &Origin) -> BasicProperties {
     let id: ShortString = task_id.to_string().into();
     let mut headers = FieldTable::default();
-    if let Some(request_id) = request_id {
+    if let Some(request_id) = &origin.request_id {
         headers.insert(
             REQUEST_ID_HEADER.into(),
-            AMQPValue::LongString(request_id.into()),
+            AMQPValue::LongString(request_id.as_str().into()),
+        );
+    }
+    if let Some(trace) = &origin.trace {
+        headers.insert(
+            TRACEPARENT.into(),
+            AMQPValue::LongString(trace.to_string().into()),
         );
     }
     BasicProperties::default()
@@ -239,7 +257,23 @@ mod tests {
     #[test]
     fn messages_are_persistent_json_identified_by_the_task_id() {
         let id = Uuid::new_v4();
-        let props = message_properties(id, Some("req-1"));
+        let trace = TraceParent::new_root();
+        let props = message_properties(
+            id,
+            &Origin {
+                request_id: Some("req-1".into()),
+                trace: Some(trace),
+            },
+        );
+        let headers = props.headers().as_ref().unwrap().inner();
+        assert_eq!(
+            headers.get(TRACEPARENT),
+            Some(&AMQPValue::LongString(trace.to_string().into()))
+        );
+        assert_eq!(
+            headers.get(REQUEST_ID_HEADER),
+            Some(&AMQPValue::LongString("req-1".into()))
+        );
         assert_eq!(props.delivery_mode(), &Some(2));
         assert_eq!(
             props.content_type().as_ref().map(|s| s.as_str()),

@@ -41,6 +41,9 @@ pub mod field {
     pub const ACTIVE_KEY: &str = "active_key";
     /// The full (prefixed) key of the `Idempotency-Key` entry that created the task, if any.
     pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+    /// The W3C trace context of the request that created the task: an operator finds the task's trace
+    /// from its id.
+    pub const TRACEPARENT: &str = "traceparent";
 }
 
 /// What a completed (or cancelled) task produced.
@@ -120,6 +123,8 @@ pub struct TaskRecord {
     pub active_key: String,
     /// The idempotency entry that created the task (prefixed key), if the request carried a key.
     pub idempotency_key: Option<String>,
+    /// The trace context (`traceparent`) of the request that created the task.
+    pub traceparent: Option<String>,
 }
 
 /// A stored record could not be read back.
@@ -175,6 +180,7 @@ impl TaskRecord {
             cancel_requested: false,
             active_key: active_key.to_owned(),
             idempotency_key: None,
+            traceparent: None,
         }
     }
 
@@ -207,6 +213,9 @@ impl TaskRecord {
         }
         if let Some(key) = &self.idempotency_key {
             fields.push((field::IDEMPOTENCY_KEY, key.clone()));
+        }
+        if let Some(trace) = &self.traceparent {
+            fields.push((field::TRACEPARENT, trace.clone()));
         }
         if let Some(result) = &self.result {
             let json = serde_json::to_string(result).expect("a TaskResult always serialises");
@@ -281,6 +290,7 @@ impl TaskRecord {
                 .is_some_and(|v| v == "1"),
             active_key: optional(field::ACTIVE_KEY).cloned().unwrap_or_default(),
             idempotency_key: optional(field::IDEMPOTENCY_KEY).cloned(),
+            traceparent: optional(field::TRACEPARENT).cloned(),
         })
     }
 }
@@ -332,6 +342,7 @@ mod tests {
         record.usage.model_calls = 4;
         record.cancel_requested = true;
         record.idempotency_key = Some("idempotency:user-1:k".into());
+        record.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         record.result = Some(TaskResult {
             success: true,
             deliverables: vec!["d".into()],

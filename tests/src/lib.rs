@@ -7,7 +7,9 @@
 pub mod broker;
 pub mod cleanup;
 pub mod model;
+pub mod otlp;
 pub mod proxy;
+pub mod scrape;
 pub mod search;
 pub mod sse;
 pub mod supabase;

@@ -96,6 +96,8 @@ pub struct Recorded {
     pub script: Option<String>,
     /// The request body.
     pub body: Value,
+    /// The request's `traceparent` header, if it carried one.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -175,7 +177,15 @@ async fn models() -> Json<Value> {
     )
 }
 
-async fn complete(State(state): State<Arc<Mutex<Scripts>>>, Json(body): Json<Value>) -> Response {
+async fn complete(
+    State(state): State<Arc<Mutex<Scripts>>>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let text = body["messages"].to_string();
     let (script, reply) = {
         let mut scripts = state
@@ -199,6 +209,7 @@ async fn complete(State(state): State<Arc<Mutex<Scripts>>>, Json(body): Json<Val
         scripts.requests.push(Recorded {
             script: script.clone(),
             body: body.clone(),
+            traceparent,
         });
         (script, reply)
     };

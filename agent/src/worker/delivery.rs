@@ -4,6 +4,8 @@ use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
+use shared::queue::{Origin, REQUEST_ID_HEADER};
+use shared::telemetry::{TRACEPARENT, TraceParent};
 
 /// The header in which quorum queues count earlier deliveries of a message.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
@@ -62,6 +64,15 @@ pub fn header_string(delivery: &Delivery, name: &str) -> Option<String> {
     }
 }
 
+/// Where the message came from: its request id and trace context headers (a malformed `traceparent` is
+/// ignored, and the task starts a trace of its own).
+pub fn origin(delivery: &Delivery) -> Origin {
+    Origin {
+        request_id: header_string(delivery, REQUEST_ID_HEADER),
+        trace: header_string(delivery, TRACEPARENT).and_then(|value| TraceParent::parse(&value)),
+    }
+}
+
 /// An integer header (the delivery count), whatever width the broker used.
 pub fn header_u32(delivery: &Delivery, name: &str) -> Option<u32> {
     let value: i64 = match header(delivery, name)? {
@@ -82,7 +93,6 @@ mod tests {
     use super::*;
     use lapin::BasicProperties;
     use lapin::types::FieldTable;
-    use shared::queue::REQUEST_ID_HEADER;
 
     fn delivery_with(headers: FieldTable) -> Delivery {
         let mut delivery = Delivery::mock(1, "".into(), "q".into(), true, Vec::new());
@@ -121,5 +131,19 @@ mod tests {
             header_string(&delivery_with(headers), REQUEST_ID_HEADER).as_deref(),
             Some("req-7")
         );
+    }
+
+    #[test]
+    fn the_origin_carries_a_valid_traceparent_and_drops_a_malformed_one() {
+        let trace = TraceParent::new_root();
+        let mut headers = FieldTable::default();
+        headers.insert(
+            TRACEPARENT.into(),
+            AMQPValue::LongString(trace.to_string().into()),
+        );
+        assert_eq!(origin(&delivery_with(headers)).trace, Some(trace));
+        let mut headers = FieldTable::default();
+        headers.insert(TRACEPARENT.into(), AMQPValue::LongString("00-zz".into()));
+        assert_eq!(origin(&delivery_with(headers)).trace, None);
     }
 }

@@ -208,7 +208,9 @@ impl<E: TaskExecutor> Worker<E> {
         }
         change = change.event(NewEvent::new(EventKind::Tick, &progress.event));
         let deadline = Instant::now() + TICK_WRITE_DEADLINE;
-        match self.store_retrying(id, &change, Some(deadline)).await {
+        let stored = self.store_retrying(id, &change, Some(deadline)).await;
+        crate::metrics::checkpoint_written(stored.is_ok());
+        match stored {
             Ok(outcome) => Some(outcome),
             Err(error) => {
                 tracing::warn!(%error, tick = progress.event.tick, "the tick was not stored; its event is lost");
@@ -250,7 +252,10 @@ impl<E: TaskExecutor> Worker<E> {
             }
         };
         match stored {
-            Ok(Outcome::Applied { .. }) => handled,
+            Ok(Outcome::Applied { .. }) => {
+                crate::metrics::task_ended(terminal.to.as_str());
+                handled
+            }
             Ok(Outcome::Refused { current, .. }) => Handled::AlreadyTerminal(current),
             Ok(Outcome::Missing) => {
                 tracing::info!("the task record vanished while the task ran: it was deleted");

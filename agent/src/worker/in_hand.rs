@@ -163,6 +163,7 @@ impl InHand {
                 stopped += 1;
             }
         }
+        crate::metrics::cancellations(stopped);
         Ok(stopped)
     }
 }

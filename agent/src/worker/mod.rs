@@ -22,7 +22,7 @@ pub use delivery::DELIVERY_COUNT_HEADER;
 pub use in_hand::{CANCEL_POLL, InHand, TaskInHand};
 
 use crate::executor::{Resume, TaskContext, TaskExecutor, TickFeed, TickReporter};
-use delivery::{Answer, answer, header_string, header_u32};
+use delivery::{Answer, answer, header_u32};
 use execute::{Ending, RunEnd, Tally};
 use lapin::Acker;
 use lapin::message::Delivery;
@@ -32,9 +32,9 @@ use shared::Status;
 use shared::api::AcceptedEvent;
 use shared::backoff::Backoff;
 use shared::events::{EventKind, NewEvent};
-use shared::queue::REQUEST_ID_HEADER;
 use shared::store::{Lease, Outcome, StoreError, Transition, transition};
 use shared::task::{TaskMessage, field};
+use shared::telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -201,13 +201,16 @@ impl<E: TaskExecutor> Worker<E> {
                 return Handled::Rejected(format!("the message does not parse: {error}"));
             }
         };
-        let request_id = header_string(&delivery, REQUEST_ID_HEADER);
+        let origin = delivery::origin(&delivery);
         let span = tracing::info_span!(
             "task",
             task_id = %message.correlation_id,
-            request_id = request_id.as_deref().unwrap_or(""),
+            request_id = origin.request_id.as_deref().unwrap_or(""),
+            trace_id = tracing::field::Empty,
         );
-        self.handle(message, request_id, delivery)
+        // The task's span continues the request's trace; model and search calls hand it on.
+        let trace = telemetry::continue_trace(&span, origin.trace.as_ref());
+        telemetry::in_trace(trace, self.handle(message, origin.request_id, delivery))
             .instrument(span)
             .await
     }

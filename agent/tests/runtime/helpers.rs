@@ -136,7 +136,14 @@ impl TestEnv {
     /// Publishes `message` as the gateway does.
     pub async fn publish(&self, message: &TaskMessage) -> Result<()> {
         self.topology
-            .publish(&self.channel, message, Some("req-test"))
+            .publish(
+                &self.channel,
+                message,
+                &shared::queue::Origin {
+                    request_id: Some("req-test".into()),
+                    trace: None,
+                },
+            )
             .await?
             .await?;
         Ok(())

@@ -72,9 +72,10 @@ pub async fn task_events(
     .await
     .map_err(|e| ApiError::Unavailable(e.to_string()))?
     .ok_or(ApiError::NotFound)?;
-    let frames = futures::stream::unfold(follow, |mut follow| async move {
+    let open = crate::metrics::OpenStream::opened();
+    let frames = futures::stream::unfold((follow, open), |(mut follow, open)| async move {
         let frame = follow.next_frame().await?;
-        Some((Ok::<_, Infallible>(frame.into_sse()), follow))
+        Some((Ok::<_, Infallible>(frame.into_sse()), (follow, open)))
     });
     let mut response = Sse::new(frames)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))

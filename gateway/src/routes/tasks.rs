@@ -8,15 +8,17 @@ use crate::store::{
     Created, Cursor, Idempotency, ListQuery, NewTask, ReplayState,
     create::{Replay, replay},
 };
-use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use shared::ShownStatus;
 use shared::api::{TaskList, TaskResponse};
+use shared::queue::Origin;
 use shared::task::{TaskMessage, TaskRecord};
+use shared::telemetry::TraceParent;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -41,8 +43,14 @@ pub struct CreateTask {
     /// What the agent should do; 1 to `MAX_MANDATE_CHARS` characters after trimming.
     pub mandate: String,
     /// The tick budget, charged to the daily quota up front; 1 to `MAX_TICKS_PER_TASK`, default 50.
-    #[serde(default)]
+    /// Left out means the default; `null` is refused, as the schema says it is an integer.
+    #[serde(default, deserialize_with = "present_integer")]
     pub max_ticks: Option<i64>,
+}
+
+/// A field that may be left out but, when present, must be an integer (not `null`).
+fn present_integer<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<i64>, D::Error> {
+    i64::deserialize(de).map(Some)
 }
 
 /// A validated request: what the API's rules leave of the body.
@@ -156,6 +164,7 @@ pub fn idempotency(
 pub async fn create_task(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    Extension(trace): Extension<TraceParent>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateTask>,
 ) -> Result<Response, ApiError> {
@@ -179,6 +188,7 @@ pub async fn create_task(
         now,
     );
     record.idempotency_key = idempotency.as_ref().map(|i| i.key.clone());
+    record.traceparent = Some(trace.to_string());
 
     let created = state
         .store
@@ -202,12 +212,14 @@ pub async fn create_task(
     match created {
         Created::Recorded { .. } => {}
         Created::QuotaExceeded { remaining } => {
+            crate::metrics::refused("quota_exceeded");
             return Err(ApiError::QuotaExceeded {
                 remaining,
                 requested: task.max_ticks,
             });
         }
         Created::TooManyActive { active } => {
+            crate::metrics::refused("too_many_active_tasks");
             return Err(ApiError::TooManyActiveTasks {
                 active,
                 limit: settings.max_active_tasks_per_user,
@@ -232,14 +244,17 @@ pub async fn create_task(
         owner: user.sub,
         created_at: record.created_at,
     };
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let origin = Origin {
+        request_id: headers
+            .get(crate::startup::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        trace: Some(trace),
+    };
     let max_ticks = message.max_ticks;
     state
         .enqueuer
-        .enqueue(message, request_id, idempotency.map(|i| i.key))
+        .enqueue(message, origin, idempotency.map(|i| i.key))
         .await
         .map_err(ApiError::Unavailable)?;
     tracing::info!(max_ticks, "task queued");

@@ -57,6 +57,60 @@ async fn a_connection_that_sends_half_a_request_head_is_closed_at_the_head_timeo
 }
 
 #[tokio::test]
+async fn a_thousand_slowloris_connections_are_all_closed_and_hold_nobody_else_up() {
+    let head_timeout = Duration::from_secs(2);
+    let (address, _stop) = serve_small(Limits {
+        head_timeout,
+        ..Limits::default()
+    })
+    .await;
+    // Half of them send half a request head; the other half connect and send nothing.
+    let mut attackers = Vec::with_capacity(1_000);
+    for n in 0..1_000 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        if n % 2 == 0 {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
+                .await
+                .unwrap();
+        }
+        attackers.push(stream);
+    }
+    let attack_began = Instant::now();
+
+    let mut honest = TcpStream::connect(&address).await.unwrap();
+    honest
+        .write_all(b"GET / HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut honest, Duration::from_secs(1))
+        .await
+        .expect("an honest request is served within a second during the attack");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+
+    let closed = futures::future::join_all(
+        attackers
+            .iter_mut()
+            .map(|stream| read_to_close(stream, head_timeout + Duration::from_secs(8))),
+    )
+    .await;
+    let held = closed.iter().filter(|answer| answer.is_none()).count();
+    assert_eq!(held, 0, "connections still held by the server");
+    let elapsed = attack_began.elapsed();
+    assert!(
+        elapsed >= head_timeout - Duration::from_millis(100),
+        "closed at the head timeout, not before: {elapsed:?}"
+    );
+    assert!(
+        closed
+            .iter()
+            .flatten()
+            .all(|answer| !answer.contains("200 OK")),
+        "no slowloris request was served"
+    );
+}
+
+#[tokio::test]
 async fn past_the_connection_cap_a_new_connection_waits_until_one_closes() {
     let (address, _stop) = serve_small(Limits {
         max_connections: 2,

@@ -2,7 +2,7 @@
 
 use crate::helpers::{spawn_app, spawn_app_with};
 use redis::AsyncCommands;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn health_reports_both_components_up() {
@@ -109,6 +109,53 @@ async fn the_openapi_document_describes_every_endpoint() {
     for status in ["cancelling", "cancelled"] {
         assert!(statuses.contains(status), "{statuses}");
     }
+}
+
+#[tokio::test]
+async fn the_openapi_document_carries_the_configured_limits_and_the_server_keeps_them() {
+    let app = spawn_app_with(&[("MAX_MANDATE_CHARS", "40"), ("MAX_TICKS_PER_TASK", "9")]).await;
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let create = &doc["components"]["schemas"]["CreateTask"]["properties"];
+    assert_eq!(create["mandate"]["maxLength"], 40);
+    assert_eq!(create["max_ticks"]["maximum"], 9);
+    assert_eq!(create["max_ticks"]["type"], "integer");
+    let token = app.token("limits");
+
+    let at_limits = app
+        .post_task(
+            Some(&token),
+            &json!({"mandate": "m".repeat(40), "max_ticks": 9}),
+        )
+        .await;
+    assert_eq!(at_limits.status(), 202);
+    for (body, why) in [
+        (json!({"mandate": "m".repeat(41)}), "mandate over maxLength"),
+        (
+            json!({"mandate": "m", "max_ticks": 10}),
+            "max_ticks over maximum",
+        ),
+        (
+            json!({"mandate": "m", "max_ticks": 0}),
+            "max_ticks under minimum",
+        ),
+        (json!({"mandate": "m", "max_ticks": null}), "max_ticks null"),
+        (json!({"mandate": null}), "mandate null"),
+    ] {
+        let response = app.post_task(Some(&token), &body).await;
+        assert_eq!(response.status(), 422, "{why}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "invalid_request", "{why}");
+    }
+    assert_eq!(
+        app.task_ids().await.len(),
+        1,
+        "only the valid request made a task"
+    );
+    assert_eq!(
+        app.quota_used("limits").await,
+        9,
+        "refused requests charged nothing"
+    );
 }
 
 #[tokio::test]

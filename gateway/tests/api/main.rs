@@ -9,6 +9,7 @@ mod edge;
 mod endpoints;
 mod follow;
 mod helpers;
+mod metrics;
 mod outages;
 mod quota;
 mod steer;

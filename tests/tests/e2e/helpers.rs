@@ -288,6 +288,22 @@ impl Fleet {
             .unwrap();
         used.unwrap_or(0)
     }
+
+    /// One field of task `id`'s record, straight from Redis.
+    pub async fn stored_field(&self, id: &str, field: &str) -> Option<String> {
+        let keys = shared::keys::Keys::new(&self.key_prefix);
+        let mut redis = redis::Client::open(euglena_tests::cleanup::REDIS_URL)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("HGET")
+            .arg(keys.task(id.parse().unwrap()))
+            .arg(field)
+            .query_async(&mut redis)
+            .await
+            .unwrap()
+    }
 }
 
 impl AgentProcess {

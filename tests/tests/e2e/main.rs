@@ -6,4 +6,5 @@ mod dashboard;
 mod durable;
 mod helpers;
 mod mind;
+mod observe;
 mod steer;

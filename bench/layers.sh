@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The per-request cost of the gateway's layers: `GET /tasks/{id}` on the gateway against a bare axum
+# handler doing the same HGETALL (bench/src/bare.rs), alternating in one run over the same tasks, in
+# release mode. Prints each phase and the gateway's throughput as a share of the bare handler's.
+# Usage: bench/layers.sh [CONCURRENCY] [SECONDS] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+concurrency=${1:-32}
+seconds=${2:-5}
+rounds=${3:-3}
+scripts/ensure-services.sh >/dev/null
+cargo build --release -q -p gateway -p bench --bin gateway --bin loadgen --bin bare
+run=layers$$
+secret="bench-secret-$run"
+port=18080
+bare_port=18090
+env PORT=$port HOST=127.0.0.1 SUPABASE_JWT_SECRET="$secret" DAILY_TICK_LIMIT=10000000 MAX_ACTIVE_TASKS_PER_USER=1000000 \
+  AGENT_INPUT_QUEUE="bench.mandates.$run" REDIS_KEY_PREFIX="$run:" RUST_LOG=warn \
+  target/release/gateway &
+gateway=$!
+target/release/bare --port "$bare_port" --prefix "$run:" >/dev/null &
+bare=$!
+cleanup() {
+  kill "$gateway" "$bare" 2>/dev/null || true
+  wait "$gateway" "$bare" 2>/dev/null || true
+  rabbitmqctl -q delete_queue "bench.mandates.$run" >/dev/null 2>&1 || true
+  rabbitmqctl -q delete_queue "bench.mandates.$run.dlq" >/dev/null 2>&1 || true
+  rabbitmqctl -q delete_queue "bench.mandates.$run.dlq.parked" >/dev/null 2>&1 || true
+  redis-cli --scan --pattern "$run:*" | xargs -r -n 1000 redis-cli del >/dev/null
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$port/health" >/dev/null && break
+  sleep 0.1
+done
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; redis, rabbitmq, both servers and loadgen share it"
+target/release/loadgen --url "http://127.0.0.1:$port" --secret "$secret" \
+  --concurrency "$concurrency" --seconds "$seconds" --bare "http://127.0.0.1:$bare_port" --rounds "$rounds"
