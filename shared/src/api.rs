@@ -50,8 +50,10 @@ pub struct TaskResponse {
     /// The mandate, trimmed.
     pub mandate: String,
     /// When the task was created (RFC 3339 UTC).
+    #[serde(serialize_with = "crate::utc::serialize")]
     pub created_at: DateTime<Utc>,
     /// When the task last changed (RFC 3339 UTC).
+    #[serde(serialize_with = "crate::utc::serialize")]
     pub updated_at: DateTime<Utc>,
     /// Set once completed; also once cancelled, with what was gathered before (`success: false`).
     pub result: Option<TaskResult>,

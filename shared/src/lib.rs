@@ -23,6 +23,7 @@ pub mod store;
 pub mod task;
 pub mod telemetry;
 pub mod tls;
+pub mod utc;
 
 pub use keys::Keys;
 pub use status::{ShownStatus, Status};

@@ -232,7 +232,9 @@ impl TaskRecord {
     ///
     /// # Errors
     /// [`RecordError`] when a required field is missing or malformed.
-    pub fn from_fields(fields: &HashMap<String, String>) -> Result<Self, RecordError> {
+    pub fn from_fields<S: std::hash::BuildHasher>(
+        fields: &HashMap<String, String, S>,
+    ) -> Result<Self, RecordError> {
         let get = |name: &'static str| {
             fields
                 .get(name)

@@ -160,7 +160,7 @@ impl TaskStore {
     pub async fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
         self.bounded(async {
             let mut conn = self.connection();
-            let fields: HashMap<String, String> = conn.hgetall(self.keys.task(id)).await?;
+            let fields: RecordFields = conn.hgetall(self.keys.task(id)).await?;
             record_of(&fields)
         })
         .await
@@ -241,8 +241,14 @@ impl TaskStore {
     }
 }
 
+/// A task record's fields as `HGETALL` returns them, hashed with foldhash: the keys are the record's own
+/// field names, so no caller can choose them to collide.
+type RecordFields = HashMap<String, String, foldhash::fast::RandomState>;
+
 /// A record from the fields `HGETALL` returned; `None` when there were none (no such key).
-fn record_of(fields: &HashMap<String, String>) -> Result<Option<TaskRecord>, StoreError> {
+fn record_of<S: std::hash::BuildHasher>(
+    fields: &HashMap<String, String, S>,
+) -> Result<Option<TaskRecord>, StoreError> {
     if fields.is_empty() {
         return Ok(None);
     }
