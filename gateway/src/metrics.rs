@@ -9,7 +9,10 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
 use shared::telemetry::{self, TRACEPARENT, TraceParent};
+use std::collections::HashMap;
+use std::sync::{LazyLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -29,16 +32,55 @@ pub const EVENT_STREAMS: &str = "gateway_event_streams_open";
 /// The route label of a request that matched no route.
 const UNMATCHED: &str = "unmatched";
 
+/// A request's two series: its count (by method, route and status) and its latency (by method and route).
+type Series = (Counter, Histogram);
+
+/// The request series already registered, by route template, then method and status. A request finds
+/// its handles here under a read lock instead of building, hashing and comparing its labelled keys in
+/// the recorder's registry: measured with callgrind, that lookup was about 2,000 instructions a request.
+/// Bounded: routes are the router's templates (and `unmatched`), methods a fixed set, statuses a few.
+static SERIES: LazyLock<RwLock<SeriesByRoute>> = LazyLock::new(RwLock::default);
+
+/// Route template, then method and status, to the series; foldhash, as the keys are the router's own.
+type SeriesByRoute = HashMap<String, HashMap<(&'static str, u16), Series, FoldHash>, FoldHash>;
+type FoldHash = foldhash::fast::RandomState;
+
+/// Counts a request answered `status` on `route` and records its latency.
+fn record_request(method: &'static str, route: &str, status: u16, took: Duration) {
+    {
+        let series = SERIES.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some((count, latency)) = series.get(route).and_then(|r| r.get(&(method, status))) {
+            count.increment(1);
+            latency.record(took);
+            return;
+        }
+    }
+    let count = ::metrics::counter!(
+        REQUESTS,
+        "method" => method,
+        "route" => route.to_owned(),
+        "status" => status.to_string()
+    );
+    let latency =
+        ::metrics::histogram!(REQUEST_SECONDS, "method" => method, "route" => route.to_owned());
+    count.increment(1);
+    latency.record(took);
+    SERIES
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(route.to_owned())
+        .or_default()
+        .insert((method, status), (count, latency));
+}
+
 /// Middleware giving every request its span (with its `request_id` and `trace_id`), its trace context
-/// (continuing the caller's `traceparent`, or a new trace; handlers find it as a request extension),
-/// and its count and latency by route template. The request id layer must run before it.
-pub async fn observe(mut request: Request, next: Next) -> Response {
+/// (continuing the caller's `traceparent`, or a new trace; handlers read it with
+/// [`telemetry::current_trace`]), and its count and latency by route template. The request id layer
+/// must run before it.
+pub async fn observe(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| UNMATCHED.to_owned(), |path| path.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let (span, trace) = {
         let header = |name: &str| {
             request
@@ -57,15 +99,15 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         let trace = telemetry::continue_trace(&span, incoming.as_ref());
         (span, trace)
     };
-    request.extensions_mut().insert(trace);
     let response = telemetry::in_trace(trace, next.run(request))
         .instrument(span)
         .await;
-    let status = response.status().as_u16().to_string();
-    ::metrics::histogram!(REQUEST_SECONDS, "method" => method, "route" => route.clone())
-        .record(started.elapsed());
-    ::metrics::counter!(REQUESTS, "method" => method, "route" => route, "status" => status)
-        .increment(1);
+    record_request(
+        method,
+        route.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 

@@ -419,6 +419,12 @@ pub async fn in_trace<F: Future>(trace: TraceParent, future: F) -> F::Output {
     TRACE.scope(trace, future).await
 }
 
+/// The trace context of the enclosing [`in_trace`], if any: what a request handler hands on to the work it
+/// starts (the task's record and queue message).
+pub fn current_trace() -> Option<TraceParent> {
+    TRACE.try_with(|trace| *trace).ok()
+}
+
 /// The `traceparent` to send on an outgoing request made now: the current span's context when spans are
 /// exported (so the callee's spans are its children), else the context of the enclosing
 /// [`in_trace`] with a new parent id; `None` outside both.

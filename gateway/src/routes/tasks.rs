@@ -8,17 +8,16 @@ use crate::store::{
     Created, Cursor, Idempotency, ListQuery, NewTask, ReplayState,
     create::{Replay, replay},
 };
+use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use shared::ShownStatus;
 use shared::api::{TaskList, TaskResponse};
 use shared::queue::Origin;
 use shared::task::{TaskMessage, TaskRecord};
-use shared::telemetry::TraceParent;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -164,7 +163,6 @@ pub fn idempotency(
 pub async fn create_task(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Extension(trace): Extension<TraceParent>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateTask>,
 ) -> Result<Response, ApiError> {
@@ -188,7 +186,8 @@ pub async fn create_task(
         now,
     );
     record.idempotency_key = idempotency.as_ref().map(|i| i.key.clone());
-    record.traceparent = Some(trace.to_string());
+    let trace = shared::telemetry::current_trace();
+    record.traceparent = trace.map(|trace| trace.to_string());
 
     let created = state
         .store
@@ -249,7 +248,7 @@ pub async fn create_task(
             .get(crate::startup::REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
-        trace: Some(trace),
+        trace,
     };
     let max_ticks = message.max_ticks;
     state
