@@ -150,7 +150,9 @@ impl Enqueuer {
                     return Failing::TakenAlready(current);
                 }
                 Ok(outcome) => {
-                    tracing::warn!(?outcome, reason, "task settled: it was not queued");
+                    // The request's answer (a 503, logged at WARN with its cause) is the event an
+                    // operator acts on; that its task was failed and refunded is the expected sequel.
+                    tracing::info!(?outcome, reason, "task settled: it was not queued");
                     return Failing::Failed;
                 }
                 Err(error) => {

@@ -199,3 +199,108 @@ async fn a_task_that_cannot_be_queued_while_redis_is_away_too_ends_failed_once_r
     redis.restore().await;
     ends_failed_and_refunded(&app, &id, Duration::from_secs(10)).await;
 }
+
+#[tokio::test]
+async fn during_a_broker_outage_each_503_is_one_warn_line_and_no_error_line() {
+    let mut proxy = Proxy::start("127.0.0.1:5672").await;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let secret = format!("secret-{run}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let queue = format!("test.logs.{run}");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("REDIS_KEY_PREFIX", format!("test:{run}:"))
+        .env(
+            "RABBITMQ_URL",
+            format!("amqp://guest:guest@{}/%2f", proxy.address()),
+        )
+        .env("AGENT_INPUT_QUEUE", &queue)
+        .env("SUPABASE_JWT_SECRET", &secret)
+        .env("LOG_FORMAT", "json")
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let up = eventually(Duration::from_secs(15), || async {
+        let health = client.get(format!("{base}/health")).send().await.ok()?;
+        let health: Value = health.json().await.ok()?;
+        (health["status"] == "ok").then_some(())
+    })
+    .await;
+    assert!(up.is_some(), "the gateway starts");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice", "aud": "authenticated", "role": "authenticated", "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+
+    proxy.cut();
+    let gone = eventually(Duration::from_secs(5), || async {
+        let health: Value = client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (health["components"]["rabbitmq"] == false).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the gateway notices the broker is gone");
+    let ids: Vec<String> = (0..5).map(|n| format!("outage-{run}-{n}")).collect();
+    for id in &ids {
+        let response = client
+            .post(format!("{base}/tasks"))
+            .bearer_auth(&token)
+            .header("x-request-id", id)
+            .json(&json!({"mandate": "m", "max_ticks": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+    }
+    // SIGTERM: a clean stop, which must not log the broker client's noise at ERROR either.
+    let pid = i32::try_from(gateway.id().unwrap()).unwrap();
+    std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), gateway.wait())
+        .await
+        .expect("the gateway stops")
+        .unwrap();
+
+    let lines: Vec<Value> = std::fs::read_to_string(log.path())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every line is JSON"))
+        .collect();
+    let errors: Vec<&Value> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
+    assert!(errors.is_empty(), "no ERROR line: {errors:#?}");
+    for id in &ids {
+        let about: Vec<&Value> = lines
+            .iter()
+            .filter(|line| line.to_string().contains(id.as_str()))
+            .filter(|line| line["level"] == "WARN" || line["level"] == "ERROR")
+            .collect();
+        assert_eq!(about.len(), 1, "one WARN line for request {id}: {about:#?}");
+    }
+    euglena_tests::cleanup::remove_test_state(&queue, &format!("test:{run}:"));
+    proxy.restore().await;
+}
