@@ -275,7 +275,10 @@ mod tests {
         let now = 1_000_000;
         assert_eq!(verified_until(now, now + 3600), now + VERIFIED_FOR_SECONDS);
         assert_eq!(verified_until(now, now - 30), now - 30 + LEEWAY_SECONDS);
-        assert!(verified_until(now, now - LEEWAY_SECONDS) <= now, "no later than a full check");
+        assert!(
+            verified_until(now, now - LEEWAY_SECONDS) <= now,
+            "no later than a full check"
+        );
     }
 
     #[test]
