@@ -6,6 +6,11 @@
 # pipeline can be seen working offline. With MODEL_API_URL (and OPENAI_API_KEY when needed) it uses that.
 # It prints a development JWT, submits a sample mandate and follows it to its terminal status, printing
 # each tick. Ctrl-C stops everything it started, and nothing else.
+# Each component connects as a user of its own (least privilege, docs/security.md): the script creates (or
+# updates) euglena-gateway, euglena-agent and euglena-metrics-sidecar in the local Redis (ACL SETUSER) and
+# RabbitMQ (rabbitmqctl, as root or through sudo) with the rules of docker/euglena-users.sh, and passwords
+# generated once into .local/credentials (mode 600). Redis's default user and RabbitMQ's guest are left as
+# they are.
 #
 #   scripts/run-local.sh          keep the fleet running after the sample task (Ctrl-C to stop)
 #   scripts/run-local.sh --once   stop after the sample task; exit 0 only if it completed
@@ -43,7 +48,42 @@ export LOG_FORMAT=${LOG_FORMAT:-json}
 export RUST_LOG=${RUST_LOG:-info}
 # Heartbeat every second so the demo shows each tick as it happens.
 export AGENT_STATUS_TIME=${AGENT_STATUS_TIME:-1}
-export RABBITMQ_MANAGEMENT_URL=${RABBITMQ_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15672}
+# The sidecar signs in to the management API with its own user (from its RABBITMQ_URL).
+export RABBITMQ_MANAGEMENT_URL=${RABBITMQ_MANAGEMENT_URL:-http://127.0.0.1:15672}
+
+# --- a Redis and a RabbitMQ user per component -------------------------------------------------------------
+users=docker/euglena-users.sh
+components=(gateway agent metrics-sidecar)
+credentials=.local/credentials
+if [ ! -s "$credentials" ]; then
+  mkdir -p .local
+  (umask 077 && for c in "${components[@]}"; do printf '%s=%s\n' "$c" "$(openssl rand -hex 24)"; done >"$credentials")
+fi
+password_of() { sed -n "s/^$1=//p" "$credentials"; }
+# rabbitmqctl needs root (the node's Erlang cookie).
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+say "creating the components' users in Redis and RabbitMQ (passwords in $credentials)"
+existing_users=$(as_root rabbitmqctl -q list_users | awk '{print $1}')
+for component in "${components[@]}"; do
+  user=$(sh "$users" name "$component")
+  password=$(password_of "$component")
+  [ -n "$password" ] || { say "$credentials has no password for $component: delete the file and rerun"; exit 1; }
+  mapfile -t rules < <(sh "$users" redis-rules "$component")
+  mapfile -t permissions < <(sh "$users" rabbitmq-permissions "$component")
+  [ "${#rules[@]}" -gt 3 ] && [ "${#permissions[@]}" -eq 4 ] || { say "$users failed for $component"; exit 1; }
+  redis-cli -h 127.0.0.1 ACL SETUSER "$user" reset on ">$password" "${rules[@]}" >/dev/null
+  if grep -qx -- "$user" <<<"$existing_users"; then
+    as_root rabbitmqctl -q change_password "$user" "$password" >/dev/null
+  else
+    as_root rabbitmqctl -q add_user "$user" "$password" >/dev/null
+  fi
+  as_root rabbitmqctl -q set_permissions -p / "$user" "${permissions[0]}" "${permissions[1]}" "${permissions[2]}" >/dev/null
+  # shellcheck disable=SC2086 # no tags is an empty list
+  as_root rabbitmqctl -q set_user_tags "$user" ${permissions[3]} >/dev/null
+done
+# REDIS_URL and RABBITMQ_URL of a component: its own user (the names and passwords are URL-safe).
+redis_url() { printf 'redis://%s:%s@127.0.0.1:6379/0' "$(sh "$users" name "$1")" "$(password_of "$1")"; }
+amqp_url() { printf 'amqp://%s:%s@127.0.0.1:5672/%%2f' "$(sh "$users" name "$1")" "$(password_of "$1")"; }
 
 if [ -z "${MODEL_API_URL:-}" ]; then
   say "no MODEL_API_URL: starting the fixture model (a scripted stand-in, NOT an LLM) on :8099"
@@ -54,26 +94,31 @@ else
   say "using the model at $MODEL_API_URL (${MODEL_NAME:-gpt-4o-mini})"
 fi
 
-PORT=8080 "$bin"/gateway 2>"$run_dir/gateway.log" &
-pids+=($!)
-for n in 1 2; do
-  HEALTH_PORT=$((8079 + 2 * n)) WORKER_ID="local-agent-$n" QDRANT_PATH="$run_dir/qdrant-$n" \
-    "$bin"/agent 2>"$run_dir/agent-$n.log" &
-  pids+=($!)
-done
-PORT=8082 "$bin"/metrics-sidecar 2>"$run_dir/metrics-sidecar.log" &
-pids+=($!)
-
-wait_http() { # url name
+wait_http() { # url name [text the answer must contain]
   for _ in $(seq 300); do
-    curl -fs "$1" >/dev/null 2>&1 && return 0
+    body=$(curl -fs "$1" 2>/dev/null) && [[ $body == *"${3:-}"* ]] && return 0
     sleep 0.2
   done
   say "$2 did not come up; its log:"; tail -n 20 "$run_dir/$2.log" >&2; return 1
 }
+
+# The agents first: they declare the queues, which the gateway (it never reads the task queue) may only
+# re-declare.
+for n in 1 2; do
+  REDIS_URL=$(redis_url agent) RABBITMQ_URL=$(amqp_url agent) \
+    HEALTH_PORT=$((8079 + 2 * n)) WORKER_ID="local-agent-$n" QDRANT_PATH="$run_dir/qdrant-$n" \
+    "$bin"/agent 2>"$run_dir/agent-$n.log" &
+  pids+=($!)
+done
+wait_http http://127.0.0.1:8081/health agent-1 '"status":"ok"'
+wait_http http://127.0.0.1:8083/health agent-2 '"status":"ok"'
+REDIS_URL=$(redis_url gateway) RABBITMQ_URL=$(amqp_url gateway) PORT=8080 \
+  "$bin"/gateway 2>"$run_dir/gateway.log" &
+pids+=($!)
+REDIS_URL=$(redis_url metrics-sidecar) RABBITMQ_URL=$(amqp_url metrics-sidecar) PORT=8082 \
+  "$bin"/metrics-sidecar 2>"$run_dir/metrics-sidecar.log" &
+pids+=($!)
 wait_http http://127.0.0.1:8080/health gateway
-wait_http http://127.0.0.1:8081/health agent-1
-wait_http http://127.0.0.1:8083/health agent-2
 wait_http http://127.0.0.1:8082/health metrics-sidecar
 say "fleet up; logs in $run_dir"
 say "live agents: $(curl -fsS http://127.0.0.1:8080/agents/count)"
@@ -116,7 +161,11 @@ printf '%s' "$record" | python3 -m json.tool
 
 if [ -n "$once" ]; then
   [ "$status" = completed ] || { say "the sample task did not complete"; exit 1; }
-  say "the sample task completed; stopping (--once)"
+  # The sidecar reads the depths and in-flight count with its own user every 10 s (a new queue's management
+  # statistics take a few seconds to appear).
+  wait_http http://127.0.0.1:8082/health metrics-sidecar '"status":"ok"' \
+    || { say "the metrics sidecar cannot read the queue figures with its user"; exit 1; }
+  say "the sample task completed; the sidecar reads the queue; stopping (--once)"
   exit 0
 fi
 say "the fleet keeps running; press Ctrl-C to stop it"

@@ -17,7 +17,8 @@ use uuid::Uuid;
 pub struct TaskContext {
     /// The task id (the message's `correlation_id`).
     pub id: Uuid,
-    /// The message as published by the gateway: mandate, `max_ticks`, owner.
+    /// What to run, as the task's record has it (owner, mandate, `max_ticks`, creation time): the queue
+    /// message only names the task, and a message that disagrees with the record is overruled.
     pub message: TaskMessage,
     /// The HTTP request id that created the task, when the gateway sent one.
     pub request_id: Option<String>,

@@ -18,7 +18,10 @@ plus a few structural guarantees of the compose file, the template (check_struct
     commented-out `# NAME=value` line shows that default or nothing; SUPABASE_URL is not set (development
     tokens carry no `iss`);
   * docs/operations.md, section "Settings reference": every variable the binaries read has a row there, and
-    the row names the code's literal default.
+    the row names the code's literal default;
+and least privilege (check_least_privilege): each app container and compose service takes REDIS_URL and
+RABBITMQ_URL with its own user, and the Redis ACL lines and RabbitMQ definitions written out in the template
+are those docker/euglena-users.sh prints.
 
 The variable list is the documented configuration contract (copied below) united with the names found by
 regex in the Rust settings code, when those files exist. Exemptions carry a reason each.
@@ -338,7 +341,12 @@ COMPOSE_SERVICES = {
     "gateway": "gateway", "agent": "agent", "metrics-sidecar": "sidecar",
 }
 # Variables read by docker compose itself or by the redis/rabbitmq images, never by our binaries.
-COMPOSE_ONLY = {"COMPOSE_PROFILES", "RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS", "REDIS_PASSWORD"}
+COMPOSE_ONLY = {"COMPOSE_PROFILES", "RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS", "REDIS_PASSWORD",
+                "GATEWAY_REDIS_PASSWORD", "AGENT_REDIS_PASSWORD", "SIDECAR_REDIS_PASSWORD",
+                "GATEWAY_RABBITMQ_PASSWORD", "AGENT_RABBITMQ_PASSWORD", "SIDECAR_RABBITMQ_PASSWORD"}
+# The stack's passwords among them: an app service may blank them (set them to "") in its `environment:`, so
+# that env_file .env does not hand a container the other components' (or the administrators') passwords.
+STACK_PASSWORDS = {name for name in COMPOSE_ONLY if name.endswith(("_PASSWORD", "_PASS"))}
 # Read by the AWS SDK (credential chain), not by our settings code; documented for the sidecar.
 SDK_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"}
 # [required] although the code gives a default-free Missing error only for a combination: name -> why.
@@ -564,13 +572,23 @@ def check_compose(root, compose, entries, required, problems):
         env_files = env_files if isinstance(env_files, list) else [env_files]
         if not any((f.get("path") if isinstance(f, dict) else f) == ".env" for f in env_files if f):
             problems.append(f"{where}: {name} must read env_file .env (the settings documented in .env.example)")
-        for var in environment:
+        for var, value in environment.items():
+            if var in STACK_PASSWORDS and value in ("", None):
+                continue  # blanked: the container must not hold it
             if var not in required[component]:
                 problems.append(f"{where}: {name} sets {var}, which the {component} does not read")
+        blanked = {var for var, value in environment.items() if var in STACK_PASSWORDS and value in ("", None)}
+        if blanked != STACK_PASSWORDS:
+            problems.append(f"{where}: {name} must blank every stack password it does not need (env_file .env "
+                            f"would hand them over); missing: {sorted(STACK_PASSWORDS - blanked)}")
     text = open(os.path.join(root, "docker-compose.yml"), encoding="utf-8").read()
-    for var in sorted(set(re.findall(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)", text))):
+    for var, operator in sorted(set(re.findall(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)(:?-)?", text))):
         e = entries.get(var)
-        if not e or not e["set"]:
+        if operator:
+            # ${VAR:-default}: it may stay unset, but it must be a documented setting.
+            if not e:
+                problems.append(f"{where}: interpolates ${{{var}}}, which .env.example does not list")
+        elif not e or not e["set"]:
             problems.append(f"{where}: interpolates ${{{var}}}, which .env.example does not set")
     fixture = services.get("fixture-model")
     if fixture is not None:
@@ -637,6 +655,109 @@ def env_example_names(path):
     return names, values
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Least privilege: each component connects as its own Redis and RabbitMQ user, with the rules of
+# docker/euglena-users.sh, and the users written out in ecs/euglena.yaml are that script's.
+
+USERS_SCRIPT = os.path.join("docker", "euglena-users.sh")
+# compose service / ECS container -> (component, the prefix of its ConnectionUrls keys, compose password stem)
+LEAST_PRIVILEGE = {
+    "gateway": ("gateway", "GATEWAY", "GATEWAY"),
+    "agent": ("agent", "AGENT", "AGENT"),
+    "metrics-sidecar": ("metrics-sidecar", "SIDECAR", "SIDECAR"),
+}
+# Dummy passwords for comparing the written-out definitions with the script's (placeholders in the template).
+DEFINITION_PASSWORDS = {
+    "RABBITMQ_DEFAULT_PASS": "p-admin",
+    "GATEWAY_RABBITMQ_PASSWORD": "p-gateway",
+    "AGENT_RABBITMQ_PASSWORD": "p-agent",
+    "SIDECAR_RABBITMQ_PASSWORD": "p-sidecar",
+}
+
+
+def users_script(root, args, env):
+    import subprocess
+    full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+    done = subprocess.run(["sh", os.path.join(root, USERS_SCRIPT), *args], capture_output=True, text=True,
+                          env=full, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{USERS_SCRIPT} {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _flat_command(container):
+    parts = container.get("Command") or []
+    return " ".join(" ".join(str(p).split()) for p in parts if isinstance(p, str))
+
+
+def check_least_privilege(root, template, compose, problems):
+    import json
+    where = "ecs/euglena.yaml"
+    if not os.path.exists(os.path.join(root, USERS_SCRIPT)):
+        problems.append(f"{USERS_SCRIPT} is missing (the components' Redis and RabbitMQ users)")
+        return
+    by_name = {c.get("Name"): c for _, c in containers(template)}
+    settings = {}
+    for name, (component, key, _) in LEAST_PRIVILEGE.items():
+        container = by_name.get(name)
+        if container is None:
+            continue
+        values = plain_values(container)
+        settings[name] = tuple(values.get(v) for v in ("REDIS_KEY_PREFIX", "AGENT_INPUT_QUEUE", "MAX_DELIVERIES"))
+        for item in _list(container.get("Secrets")):
+            if not isinstance(item, dict) or item.get("Name") not in ("REDIS_URL", "RABBITMQ_URL"):
+                continue
+            wanted = f"{key}_{item['Name']}"
+            if wanted not in json.dumps(item.get("ValueFrom")):
+                problems.append(f"{where} container {name}: {item['Name']} must come from ConnectionUrls:{wanted} "
+                                f"(its own user), not {item.get('ValueFrom')}")
+    if len(set(settings.values())) > 1:
+        problems.append(f"{where}: gateway, agent and metrics-sidecar disagree on REDIS_KEY_PREFIX / "
+                        f"AGENT_INPUT_QUEUE / MAX_DELIVERIES: {settings}")
+    prefix, queue, deliveries = next(iter(settings.values()), ("", "agent.mandates", "3"))
+    env = {"REDIS_KEY_PREFIX": prefix or "", "AGENT_INPUT_QUEUE": queue or "agent.mandates",
+           "MAX_DELIVERIES": deliveries or "3"}
+    try:
+        redis = by_name.get("redis")
+        if redis is not None:
+            command = _flat_command(redis)
+            for name, (component, _, stem) in LEAST_PRIVILEGE.items():
+                rules = " ".join(users_script(root, ["redis-rules", component], env).split())
+                line = f"user euglena-{component} on >${stem}_REDIS_PASSWORD {rules}"
+                if line not in command:
+                    problems.append(f"{where} container redis: the ACL line of euglena-{component} is not "
+                                    f"{USERS_SCRIPT}'s ({line})")
+        rabbitmq = by_name.get("rabbitmq")
+        if rabbitmq is not None:
+            written = plain_values(rabbitmq).get("EUGLENA_DEFINITIONS") or ""
+            for var, dummy in DEFINITION_PASSWORDS.items():
+                written = written.replace(f"@{var}@", dummy)
+            expected = users_script(root, ["rabbitmq-definitions"],
+                                    {**env, "RABBITMQ_DEFAULT_USER": "euglena", **DEFINITION_PASSWORDS})
+            try:
+                same = json.loads(written) == json.loads(expected)
+            except ValueError:
+                same = False
+            if not same:
+                problems.append(f"{where} container rabbitmq: EUGLENA_DEFINITIONS is not {USERS_SCRIPT} "
+                                f"rabbitmq-definitions (for {env})")
+    except RuntimeError as error:
+        problems.append(str(error))
+
+    services = (compose or {}).get("services") or {}
+    for name, (component, _, stem) in LEAST_PRIVILEGE.items():
+        environment = (services.get(name) or {}).get("environment") or {}
+        for var, password in (("REDIS_URL", f"{stem}_REDIS_PASSWORD"), ("RABBITMQ_URL", f"{stem}_RABBITMQ_PASSWORD")):
+            value = str(environment.get(var) or "")
+            if f"://euglena-{component}:${{{password}" not in value:
+                problems.append(f"docker-compose.yml: {name} must set {var} with its own user "
+                                f"(euglena-{component}:${{{password}...}}), not {value!r}")
+    for name in ("redis", "rabbitmq"):
+        volumes = " ".join(str(v) for v in (services.get(name) or {}).get("volumes") or [])
+        if USERS_SCRIPT.replace(os.sep, "/") not in volumes:
+            problems.append(f"docker-compose.yml: {name} must mount {USERS_SCRIPT} (it creates the users)")
+
+
 def main(root):
     problems = []
     template_path = os.path.join(root, "ecs", "euglena.yaml")
@@ -692,6 +813,7 @@ def main(root):
             problems.append(f".env.example: {name} carries credentials that are not a change-me placeholder")
 
     check_structure(root, template, compose, problems)
+    check_least_privilege(root, template, compose, problems)
     check_dockerfiles(root, problems)
     read_by_code = set().union(*(set(names) for names in required.values()))
     defaults = code_defaults(root)

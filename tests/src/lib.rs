@@ -8,6 +8,7 @@ pub mod broker;
 pub mod cleanup;
 pub mod model;
 pub mod otlp;
+pub mod privilege;
 pub mod proxy;
 pub mod scrape;
 pub mod search;

@@ -1,11 +1,12 @@
 //! The worker: what happens to one delivery, from taking it to the ack.
 //!
 //! [`Worker::try_execute_task`] is the whole life of a delivery, driven step by step in tests:
-//! parse the message (a body that does not parse is rejected to the DLQ), take the task (`accepted`,
-//! counting the attempt; a terminal task is acked without running, a deleted one dropped, a missing record
-//! rejected), run the [`TaskExecutor`] while storing each tick with its event and heartbeating `in_progress`
-//! ([`execute`]), store the terminal status through the shared atomic transition (refunding unused ticks
-//! once), and only then ack.
+//! parse the message (a body that does not parse is rejected to the DLQ), read what the task record says
+//! the task is (its owner, mandate and tick budget: the message only names the task), take the task
+//! (`accepted`, counting the attempt; a terminal task is acked without running, a deleted one dropped, a
+//! missing record rejected), run the [`TaskExecutor`] while storing each tick with its event and
+//! heartbeating `in_progress` ([`execute`]), store the terminal status through the shared atomic
+//! transition (refunding unused ticks once), and only then ack.
 //!
 //! Deliveries are counted: the quorum queue's `x-delivery-limit` is `MAX_DELIVERIES`, so the broker
 //! delivers a message `MAX_DELIVERIES + 1` times before dead-lettering it. The worker runs a task on at
@@ -132,6 +133,16 @@ impl<E> Clone for Worker<E> {
             stopping: self.stopping.clone(),
         }
     }
+}
+
+/// What the task record says about the task a message names.
+enum Recorded {
+    /// The message as the record has it: the record's owner, mandate, `max_ticks` and creation time.
+    Task(TaskMessage),
+    /// There is no record.
+    Missing,
+    /// The record lacks this field (a record the gateway wrote always has it).
+    Incomplete(&'static str),
 }
 
 enum Taken {
@@ -282,6 +293,23 @@ impl<E: TaskExecutor> Worker<E> {
         cancelled: CancellationToken,
     ) -> Handled {
         let id = message.correlation_id;
+        // Whose task it is, what it asks and its budget come from the record the gateway wrote, never
+        // from the message: anyone able to publish to the queue could write those.
+        let message = match self.recorded(message).await {
+            Ok(Recorded::Task(message)) => message,
+            Ok(Recorded::Missing) => return self.missing(id).await,
+            Ok(Recorded::Incomplete(missing)) => {
+                tracing::warn!(
+                    field = missing,
+                    "the task record lacks a field; the message goes to the dead-letter queue"
+                );
+                return Handled::Rejected(format!("the task record has no {missing}"));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the task record; giving the message back");
+                return Handled::Requeued(format!("cannot read the task record: {error}"));
+            }
+        };
         let header_count = header_u32(delivery, DELIVERY_COUNT_HEADER).map(|n| n + 1);
         let (attempts, cancel_requested) = match self.take_when_free(id, header_count).await {
             Ok(Taken::Run {
@@ -428,6 +456,74 @@ impl<E: TaskExecutor> Worker<E> {
                 () = self.stopping.draining.cancelled() => return Ok(Taken::Held),
             }
         }
+    }
+
+    /// The task `message` names, as its record has it (one round trip, Redis failures retried with backoff
+    /// for up to [`TAKE_DEADLINE`]). A message whose owner, mandate or `max_ticks` disagree with the record
+    /// is logged (WARN, naming the fields, not their values) and runs with the record's.
+    async fn recorded(&self, message: TaskMessage) -> Result<Recorded, redis::RedisError> {
+        let id = message.correlation_id;
+        let deadline = Instant::now() + TAKE_DEADLINE;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let fields: Vec<Option<String>> = loop {
+            let read = redis::cmd("HMGET")
+                .arg(self.keys.task(id))
+                .arg(field::OWNER)
+                .arg(field::MANDATE)
+                .arg(field::MAX_TICKS)
+                .arg(field::CREATED_AT)
+                .query_async(&mut self.redis.clone())
+                .await;
+            match read {
+                Ok(fields) => break fields,
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    if Instant::now() + delay > deadline {
+                        return Err(error);
+                    }
+                    tracing::warn!(%error, "cannot read the task record; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+        let value = |i: usize| fields.get(i).cloned().flatten();
+        let (owner, mandate, max_ticks, created_at) = (value(0), value(1), value(2), value(3));
+        if owner.is_none() && mandate.is_none() && max_ticks.is_none() && created_at.is_none() {
+            return Ok(Recorded::Missing);
+        }
+        let Some(owner) = owner else {
+            return Ok(Recorded::Incomplete(field::OWNER));
+        };
+        let Some(mandate) = mandate else {
+            return Ok(Recorded::Incomplete(field::MANDATE));
+        };
+        let Some(max_ticks) = max_ticks.and_then(|n| n.parse::<u32>().ok()) else {
+            return Ok(Recorded::Incomplete(field::MAX_TICKS));
+        };
+        let disagreeing: Vec<&str> = [
+            (field::OWNER, message.owner != owner),
+            (field::MANDATE, message.mandate != mandate),
+            (field::MAX_TICKS, message.max_ticks != max_ticks),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect();
+        if !disagreeing.is_empty() {
+            tracing::warn!(
+                fields = %disagreeing.join(","),
+                "the message disagrees with the task record; running the record's values"
+            );
+        }
+        let created_at = created_at
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
+            .map_or(message.created_at, |at| at.with_timezone(&chrono::Utc));
+        Ok(Recorded::Task(TaskMessage {
+            correlation_id: id,
+            mandate,
+            max_ticks,
+            owner,
+            created_at,
+        }))
     }
 
     /// Moves the task to `accepted` (or re-takes it when a dead worker left it `in_progress`), counting

@@ -9,6 +9,7 @@ mod scripted;
 mod app;
 mod disruptive;
 mod helpers;
+mod privilege;
 mod process;
 mod purger;
 mod resume;

@@ -11,6 +11,7 @@ mod follow;
 mod helpers;
 mod metrics;
 mod outages;
+mod privilege;
 mod quota;
 mod steer;
 mod tasks;

@@ -7,4 +7,5 @@ mod durable;
 mod helpers;
 mod mind;
 mod observe;
+mod privilege;
 mod steer;

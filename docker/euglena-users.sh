@@ -1,0 +1,185 @@
+#!/bin/sh
+# The one place that says what each component may do in Redis and RabbitMQ (least privilege): the gateway,
+# the agent and the metrics sidecar each get a user of their own. Everything that creates those users reads
+# it from here: scripts/run-local.sh, the compose stack (this file is mounted into the redis and rabbitmq
+# containers), the tests (tests/src/privilege.rs), and scripts/deploy-checks/check_env.py, which checks that
+# the rules written out in ecs/euglena.yaml are these. docs/security.md explains each rule.
+#
+#   euglena-users.sh redis-rules COMPONENT           the ACL rules of COMPONENT, one per line (no name, no password)
+#   euglena-users.sh redis-acl-file                  an ACL file (aclfile): default = the operators' admin, and
+#                                                    the three users, with their passwords
+#   euglena-users.sh rabbitmq-permissions COMPONENT  four lines: configure, write, read (regular expressions on
+#                                                    the vhost's queue and exchange names), then the user tags
+#   euglena-users.sh rabbitmq-definitions            a definitions file (load_definitions): vhost /, the admin,
+#                                                    the three users with their permissions, and the queues
+#   euglena-users.sh name COMPONENT                  the user name of COMPONENT (euglena-COMPONENT)
+#
+# COMPONENT is gateway, agent or metrics-sidecar. Read from the environment:
+#   REDIS_KEY_PREFIX (default empty), AGENT_INPUT_QUEUE (default agent.mandates), MAX_DELIVERIES (default 3);
+#   redis-acl-file: REDIS_PASSWORD (the default user's) and GATEWAY_REDIS_PASSWORD, AGENT_REDIS_PASSWORD,
+#     SIDECAR_REDIS_PASSWORD;
+#   rabbitmq-definitions: RABBITMQ_DEFAULT_USER (default euglena), RABBITMQ_DEFAULT_PASS and
+#     GATEWAY_RABBITMQ_PASSWORD, AGENT_RABBITMQ_PASSWORD, SIDECAR_RABBITMQ_PASSWORD.
+# Passwords go into URLs, ACL and JSON files: only letters, digits and . _ ~ - are accepted (e.g. the output
+# of `openssl rand -hex 24`). POSIX sh: it runs in the redis (busybox) and rabbitmq (dash) images too.
+set -eu
+
+prefix=${REDIS_KEY_PREFIX:-}
+queue=${AGENT_INPUT_QUEUE:-agent.mandates}
+max_deliveries=${MAX_DELIVERIES:-3}
+
+fail() {
+  printf 'euglena-users.sh: %s\n' "$*" >&2
+  exit 2
+}
+
+case $prefix in
+  *[[:space:]]* | *'"'*) fail "REDIS_KEY_PREFIX must not contain white space or quotes" ;;
+esac
+case $queue in
+  '' | *[!A-Za-z0-9._:-]*) fail "AGENT_INPUT_QUEUE must be letters, digits and . _ : - only" ;;
+esac
+case $max_deliveries in
+  '' | *[!0-9]*) fail "MAX_DELIVERIES must be a number" ;;
+esac
+
+# The prefix as a literal inside an ACL key or channel pattern (glob): * ? [ ] \ escaped.
+p=$(printf '%s' "$prefix" | sed 's/[][*?\\]/\\&/g')
+# The queue as a literal inside a RabbitMQ permission (regular expression).
+q=$(printf '%s' "$queue" | sed 's/[.]/\\./g')
+# A task id (a UUID: 36 characters), as a glob.
+uuid='????????-????-????-????-????????????'
+
+name() {
+  case $1 in
+    gateway | agent | metrics-sidecar) printf 'euglena-%s\n' "$1" ;;
+    *) fail "unknown component '$1' (gateway, agent or metrics-sidecar)" ;;
+  esac
+}
+
+# Every command a component sends, and only the keys and channels it touches. Redis checks the keys of every
+# command a Lua script runs against the caller's rules, so the scripts' keys are here too (the transition
+# script refunds the quota day and leaves the owner's active set named in the task record).
+redis_rules() {
+  name "$1" >/dev/null
+  printf '%s\n' resetkeys resetchannels -@all
+  case $1 in
+    gateway)
+      # Creates, reads, lists, cancels and deletes tasks: every key of a task, the owners' indexes and active
+      # sets, quota days, idempotency entries, purge requests; reads (and prunes) the agents' presence.
+      printf '%s\n' "~${p}task:*" "~${p}user:*" "~${p}quota:*" "~${p}idempotency:*" "~${p}memory:purges" \
+        "~${p}workers:status" "%R~${p}worker:status:*" "&${p}events" \
+        +ping +info +select +evalsha '+script|load' +multi +exec \
+        +hget +hset +hgetall +hmget +exists +get +set +setex +del +incrby +decrby +expire \
+        +zadd +zrem +zcard +zremrangebylex +zrevrangebylex +zremrangebyscore +zrangebyscore +mget \
+        +xadd +xrange +xrevrange '+xinfo|stream' +publish +subscribe
+      ;;
+    agent)
+      # A task's record, event log and checkpoint (the id is a UUID, so `task:{id}:abandoned` stays out), its
+      # tombstone read-only; the quota day it refunds and the owner's active set it leaves; its presence; the
+      # sweep lock; the purge requests, read-only. Never the owners' task indexes, the idempotency entries,
+      # the abandon marks or another deployment's prefix.
+      printf '%s\n' "~${p}task:${uuid}" "~${p}task:${uuid}:events" "~${p}task:${uuid}:state" \
+        "%R~${p}task:${uuid}:deleted" "~${p}quota:*" "~${p}user:*:active" "~${p}workers:status" \
+        "~${p}worker:status:*" "~${p}dlq:sweeper" "%R~${p}memory:purges" "&${p}events" \
+        +ping +info +select +evalsha '+script|load' +time \
+        +hget +hset +hincrby +hgetall +hmget +exists +get +set +setex +del +decrby +expire \
+        +zadd +zrem +xadd +xrange +publish
+      ;;
+    metrics-sidecar)
+      # Counts the tasks the live agents hold (when the management API is not used): prunes and reads the
+      # presence set, reads the presence records.
+      printf '%s\n' "~${p}workers:status" "%R~${p}worker:status:*" \
+        +select +multi +exec +zremrangebyscore +zrangebyscore +mget
+      ;;
+  esac
+}
+
+# configure, write, read, tags. Declaring a queue needs `configure` on it; publishing through the default
+# exchange needs `write` on amq.default (RabbitMQ checks the exchange, not the queue the message reaches);
+# consuming and basic.get need `read` on the queue. A passive declare (the queue depths) needs none.
+# Creating the task queue needs `read` on it as well (it dead-letters through amq.default), so the queues
+# are declared by whoever sets up the broker (the definitions below, run-local, or the agents): the gateway,
+# which never reads the task queue, only re-declares them.
+rabbitmq_permissions() {
+  name "$1" >/dev/null
+  queues="^${q}(\\.dlq(\\.parked)?)?\$"
+  case $1 in
+    gateway) printf '%s\n' "$queues" '^amq\.default$' '^$' '' ;;
+    agent) printf '%s\n' "$queues" '^amq\.default$' "^${q}(\\.dlq)?\$" '' ;;
+    # The management API shows a `management` user the queues of the vhosts it may use; it may use `/`
+    # without any permission on its queues or exchanges.
+    metrics-sidecar) printf '%s\n' '^$' '^$' '^$' management ;;
+  esac
+}
+
+password() { # variable
+  eval "value=\${$1:-}"
+  case $value in
+    '') fail "$1 must be set" ;;
+    *[!A-Za-z0-9._~-]*) fail "$1 may only hold letters, digits and . _ ~ -" ;;
+  esac
+  printf '%s' "$value"
+}
+
+redis_acl_file() {
+  admin_pass=$(password REDIS_PASSWORD)
+  printf 'user default on >%s ~* &* +@all\n' "$admin_pass"
+  for component in gateway agent metrics-sidecar; do
+    case $component in
+      gateway) var=GATEWAY_REDIS_PASSWORD ;;
+      agent) var=AGENT_REDIS_PASSWORD ;;
+      metrics-sidecar) var=SIDECAR_REDIS_PASSWORD ;;
+    esac
+    secret=$(password "$var")
+    printf 'user %s on >%s %s\n' "$(name "$component")" "$secret" "$(redis_rules "$component" | tr '\n' ' ' | sed 's/ $//')"
+  done
+}
+
+# A regular expression as a JSON string's content (backslashes doubled).
+json_regex() { printf '%s' "$1" | sed 's/\\/\\\\/g'; }
+
+rabbitmq_definitions() {
+  admin=${RABBITMQ_DEFAULT_USER:-euglena}
+  case $admin in *[!A-Za-z0-9._~-]*) fail "RABBITMQ_DEFAULT_USER may only hold letters, digits and . _ ~ -" ;; esac
+  admin_pass=$(password RABBITMQ_DEFAULT_PASS)
+  printf '{\n  "vhosts": [{"name": "/"}],\n  "users": [\n'
+  printf '    {"name": "%s", "password": "%s", "tags": "administrator"}' "$admin" "$admin_pass"
+  for component in gateway agent metrics-sidecar; do
+    case $component in
+      gateway) var=GATEWAY_RABBITMQ_PASSWORD ;;
+      agent) var=AGENT_RABBITMQ_PASSWORD ;;
+      metrics-sidecar) var=SIDECAR_RABBITMQ_PASSWORD ;;
+    esac
+    secret=$(password "$var")
+    tags=$(rabbitmq_permissions "$component" | sed -n 4p)
+    printf ',\n    {"name": "%s", "password": "%s", "tags": "%s"}' "$(name "$component")" "$secret" "$tags"
+  done
+  printf '\n  ],\n  "permissions": [\n'
+  printf '    {"user": "%s", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}' "$admin"
+  for component in gateway agent metrics-sidecar; do
+    configure=$(json_regex "$(rabbitmq_permissions "$component" | sed -n 1p)")
+    write=$(json_regex "$(rabbitmq_permissions "$component" | sed -n 2p)")
+    read=$(json_regex "$(rabbitmq_permissions "$component" | sed -n 3p)")
+    printf ',\n    {"user": "%s", "vhost": "/", "configure": "%s", "write": "%s", "read": "%s"}' \
+      "$(name "$component")" "$configure" "$write" "$read"
+  done
+  # The topology, with the arguments shared/src/queue.rs declares (RabbitMQ refuses a re-declaration with
+  # other arguments).
+  printf '\n  ],\n  "queues": [\n'
+  printf '    {"name": "%s.dlq.parked", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-max-length": 100000, "x-overflow": "drop-head", "x-message-ttl": 1209600000}},\n' "$queue"
+  printf '    {"name": "%s.dlq", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}},\n' "$queue"
+  printf '    {"name": "%s", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-queue-type": "quorum", "x-delivery-limit": %s, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "%s.dlq"}}\n' \
+    "$queue" "$max_deliveries" "$queue"
+  printf '  ]\n}\n'
+}
+
+command=${1:-}
+case $command in
+  redis-rules) redis_rules "${2:-}" ;;
+  redis-acl-file) redis_acl_file ;;
+  rabbitmq-permissions) rabbitmq_permissions "${2:-}" ;;
+  rabbitmq-definitions) rabbitmq_definitions ;;
+  name) name "${2:-}" ;;
+  *) fail "usage: euglena-users.sh redis-rules|rabbitmq-permissions|name COMPONENT, or redis-acl-file|rabbitmq-definitions" ;;
+esac
