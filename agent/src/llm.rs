@@ -156,23 +156,24 @@ impl Llm {
             .complete_retrying(messages, conversation, cancel)
             .instrument(span)
             .await;
+        let elapsed = started.elapsed();
         let (outcome, prompt, completion) = match &completed {
             Ok(done) => ("ok", done.prompt_tokens, done.completion_tokens),
             Err(LlmError::Cancelled) => ("cancelled", 0, 0),
             Err(_) => ("error", 0, 0),
         };
-        crate::metrics::model_call(outcome, started.elapsed(), prompt, completion);
-        completed
+        crate::metrics::model_call(outcome, elapsed, prompt, completion);
+        completed.map(|done| Completion { elapsed, ..done })
     }
 
-    /// [`Llm::complete`], retrying what is worth retrying.
+    /// [`Llm::complete`], retrying what is worth retrying; the completion's `elapsed` is left for
+    /// [`Llm::complete`] to set.
     async fn complete_retrying(
         &self,
         messages: &[Message],
         conversation: &str,
         cancel: &CancellationToken,
     ) -> Result<Completion, LlmError> {
-        let started = std::time::Instant::now();
         let request = CreateChatCompletionRequestArgs::default()
             .model(self.settings.model.clone())
             .messages(to_openai(messages))
@@ -194,12 +195,7 @@ impl Llm {
                 outcome = self.attempt(request.clone()) => outcome,
             };
             match outcome {
-                Attempt::Done(completion) => {
-                    return Ok(Completion {
-                        elapsed: started.elapsed(),
-                        ..completion
-                    });
-                }
+                Attempt::Done(completion) => return Ok(completion),
                 Attempt::Fail(error) => return Err(error),
                 Attempt::Retry(error) if attempt >= self.settings.max_retries => return Err(error),
                 Attempt::Retry(error) => {

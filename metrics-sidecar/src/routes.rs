@@ -31,7 +31,7 @@ async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            shared::telemetry::METRICS_CONTENT_TYPE,
         )],
         state.snapshot().to_prometheus(),
     )

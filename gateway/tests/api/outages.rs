@@ -231,10 +231,12 @@ async fn during_a_broker_outage_each_503_is_one_warn_line_and_no_error_line() {
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
+    let health = || async {
+        let answer = client.get(format!("{base}/health")).send().await.ok()?;
+        answer.json::<Value>().await.ok()
+    };
     let up = eventually(Duration::from_secs(15), || async {
-        let health = client.get(format!("{base}/health")).send().await.ok()?;
-        let health: Value = health.json().await.ok()?;
-        (health["status"] == "ok").then_some(())
+        (health().await?["status"] == "ok").then_some(())
     })
     .await;
     assert!(up.is_some(), "the gateway starts");
@@ -251,15 +253,7 @@ async fn during_a_broker_outage_each_503_is_one_warn_line_and_no_error_line() {
 
     proxy.cut();
     let gone = eventually(Duration::from_secs(5), || async {
-        let health: Value = client
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (health["components"]["rabbitmq"] == false).then_some(())
+        (health().await?["components"]["rabbitmq"] == false).then_some(())
     })
     .await;
     assert!(gone.is_some(), "the gateway notices the broker is gone");
