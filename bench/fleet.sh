@@ -9,6 +9,8 @@
 #   PROFILE=debug bench/fleet.sh   use the debug build (the embedding model is optimised in it too) instead of release
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 tasks=${1:-40}
 scripts/ensure-services.sh >/dev/null
 EMBEDDING_MODEL_DIR=$(scripts/fetch-embedding-model.sh | tail -n 1)
@@ -100,9 +102,6 @@ cpu_per_tick = f"{cpu / len(work) * 1000:.2f} ms" if work else "n/a"
 print(f"{agents:<7} {concurrency:<12} {tasks:<8} {tasks / elapsed:<10.1f} {p(0.5):<16} {p(0.99):<16} {cpu_per_tick:<16}")
 PY
     stop_all
-    rabbitmqctl -q delete_queue "bench.$run" >/dev/null 2>&1 || true
-    rabbitmqctl -q delete_queue "bench.$run.dlq" >/dev/null 2>&1 || true
-    rabbitmqctl -q delete_queue "bench.$run.dlq.parked" >/dev/null 2>&1 || true
-    redis-cli --scan --pattern "$run:*" | xargs -r -n 1000 redis-cli del >/dev/null
+    remove_run_state "bench.$run" "$run"
   done
 done

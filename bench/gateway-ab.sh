@@ -5,12 +5,14 @@
 # Usage: bench/gateway-ab.sh RUNS CONCURRENCY SECONDS BINARY...
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 runs=$1 concurrency=$2 seconds=$3
 shift 3
 scripts/ensure-services.sh >/dev/null
 cargo build --release -q -p bench --bin loadgen
 port=18080
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; redis, rabbitmq, gateway and loadgen share it"
+machine "redis, rabbitmq, gateway and loadgen"
 for round in $(seq "$runs"); do
   for binary in "$@"; do
     run=ab$$-$round
@@ -19,17 +21,11 @@ for round in $(seq "$runs"); do
       MAX_ACTIVE_TASKS_PER_USER=1000000 AGENT_INPUT_QUEUE="bench.mandates.$run" REDIS_KEY_PREFIX="$run:" \
       RUST_LOG=error "$binary" &
     gateway=$!
-    for _ in $(seq 100); do
-      curl -fs "http://127.0.0.1:$port/health" >/dev/null && break
-      sleep 0.1
-    done
+    wait_for_health "$port"
     echo "== round $round: $binary"
     target/release/loadgen --url "http://127.0.0.1:$port" --secret "$secret" \
       --concurrency "$concurrency" --seconds "$seconds" | grep -v '^loadgen'
     kill "$gateway"; wait "$gateway" 2>/dev/null || true
-    rabbitmqctl -q delete_queue "bench.mandates.$run" >/dev/null 2>&1 || true
-    rabbitmqctl -q delete_queue "bench.mandates.$run.dlq" >/dev/null 2>&1 || true
-    rabbitmqctl -q delete_queue "bench.mandates.$run.dlq.parked" >/dev/null 2>&1 || true
-    redis-cli --scan --pattern "$run:*" | xargs -r -n 1000 redis-cli del >/dev/null
+    remove_run_state "bench.mandates.$run" "$run"
   done
 done

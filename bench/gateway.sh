@@ -4,6 +4,8 @@
 # removes what it created. Usage: bench/gateway.sh [CONCURRENCY] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 concurrency=${1:-32}
 seconds=${2:-10}
 scripts/ensure-services.sh >/dev/null
@@ -18,16 +20,10 @@ gateway=$!
 cleanup() {
   kill "$gateway" 2>/dev/null || true
   wait "$gateway" 2>/dev/null || true
-  rabbitmqctl -q delete_queue "bench.mandates.$run" >/dev/null 2>&1 || true
-  rabbitmqctl -q delete_queue "bench.mandates.$run.dlq" >/dev/null 2>&1 || true
-  rabbitmqctl -q delete_queue "bench.mandates.$run.dlq.parked" >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "$run:*" | xargs -r -n 1000 redis-cli del >/dev/null
+  remove_run_state "bench.mandates.$run" "$run"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do
-  curl -fs "http://127.0.0.1:$port/health" >/dev/null && break
-  sleep 0.1
-done
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; redis, rabbitmq, gateway and loadgen share it"
+wait_for_health "$port"
+machine "redis, rabbitmq, gateway and loadgen"
 target/release/loadgen --url "http://127.0.0.1:$port" --secret "$secret" \
   --concurrency "$concurrency" --seconds "$seconds"

@@ -5,6 +5,8 @@
 # Usage: bench/layers.sh [CONCURRENCY] [SECONDS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 concurrency=${1:-32}
 seconds=${2:-5}
 rounds=${3:-3}
@@ -23,16 +25,10 @@ bare=$!
 cleanup() {
   kill "$gateway" "$bare" 2>/dev/null || true
   wait "$gateway" "$bare" 2>/dev/null || true
-  rabbitmqctl -q delete_queue "bench.mandates.$run" >/dev/null 2>&1 || true
-  rabbitmqctl -q delete_queue "bench.mandates.$run.dlq" >/dev/null 2>&1 || true
-  rabbitmqctl -q delete_queue "bench.mandates.$run.dlq.parked" >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "$run:*" | xargs -r -n 1000 redis-cli del >/dev/null
+  remove_run_state "bench.mandates.$run" "$run"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do
-  curl -fs "http://127.0.0.1:$port/health" >/dev/null && break
-  sleep 0.1
-done
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; redis, rabbitmq, both servers and loadgen share it"
+wait_for_health "$port"
+machine "redis, rabbitmq, both servers and loadgen"
 target/release/loadgen --url "http://127.0.0.1:$port" --secret "$secret" \
   --concurrency "$concurrency" --seconds "$seconds" --bare "http://127.0.0.1:$bare_port" --rounds "$rounds"

@@ -5,6 +5,8 @@
 # Usage: bench/streams.sh [STREAMS] [TASKS] [RATE] [SECONDS]   (defaults 10000 2000 1000 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 streams=${1:-10000}
 tasks=${2:-2000}
 rate=${3:-1000}
@@ -22,16 +24,10 @@ gateway=$!
 cleanup() {
   kill "$gateway" 2>/dev/null || true
   wait "$gateway" 2>/dev/null || true
-  rabbitmqctl -q delete_queue "bench.mandates.$run" >/dev/null 2>&1 || true
-  rabbitmqctl -q delete_queue "bench.mandates.$run.dlq" >/dev/null 2>&1 || true
-  rabbitmqctl -q delete_queue "bench.mandates.$run.dlq.parked" >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "$run:*" | xargs -r -n 1000 redis-cli del >/dev/null
+  remove_run_state "bench.mandates.$run" "$run"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do
-  curl -fs "http://127.0.0.1:$port/health" >/dev/null && break
-  sleep 0.1
-done
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; redis, rabbitmq, the gateway and the client share it"
+wait_for_health "$port"
+machine "redis, rabbitmq, the gateway and the client"
 target/release/streams --url "http://127.0.0.1:$port" --secret "$secret" --prefix "$run:" --pid "$gateway" \
   --streams "$streams" --tasks "$tasks" --rate "$rate" --seconds "$seconds"
