@@ -11,7 +11,9 @@
 #   euglena-users.sh rabbitmq-permissions COMPONENT  four lines: configure, write, read (regular expressions on
 #                                                    the vhost's queue and exchange names), then the user tags
 #   euglena-users.sh rabbitmq-definitions            a definitions file (load_definitions): vhost /, the admin,
-#                                                    the three users with their permissions, and the queues
+#                                                    the three users with their permissions, and the topology
+#   euglena-users.sh rabbitmq-topology               a definitions file with the topology only: the exchanges,
+#                                                    the queues and the bindings (rabbitmqctl import_definitions)
 #   euglena-users.sh name COMPONENT                  the user name of COMPONENT (euglena-COMPONENT)
 #
 # COMPONENT is gateway, agent or metrics-sidecar. Read from the environment:
@@ -95,18 +97,22 @@ redis_rules() {
   esac
 }
 
-# configure, write, read, tags. Declaring a queue needs `configure` on it; publishing through the default
-# exchange needs `write` on amq.default (RabbitMQ checks the exchange, not the queue the message reaches);
-# consuming and basic.get need `read` on the queue. A passive declare (the queue depths) needs none.
-# Creating the task queue needs `read` on it as well (it dead-letters through amq.default), so the queues
-# are declared by whoever sets up the broker (the definitions below, run-local, or the agents): the gateway,
-# which never reads the task queue, only re-declares them.
+# configure, write, read, tags. What RabbitMQ checks: declaring or deleting an exchange or a queue needs
+# `configure` on it (so no component gets any: it could delete the queues), publishing needs `write` on the
+# exchange (the default exchange counts as amq.default, and reaches every queue of the vhost, so nobody gets
+# it), consuming, basic.get and purging need `read` on the queue, binding needs `write` on the queue and
+# `read` on the exchange. A passive declare, which the components use to check that the topology exists and
+# to read queue depths, needs none. The regular expressions match exchange and queue names alike, so every
+# exchange has a name no queue has. The set-up creates the topology (the definitions below, run-local, or
+# an administrator's credentials: docs/operations.md):
+#   Q.in          direct, bound to Q                the gateway publishes tasks
+#   Q.dlx         direct, bound to Q.dlq            Q's dead-letter exchange (only the broker publishes there)
+#   Q.dlq.parking direct, bound to Q.dlq.parked     the agents' sweeper parks dead letters
 rabbitmq_permissions() {
   name "$1" >/dev/null
-  queues="^${q}(\\.dlq(\\.parked)?)?\$"
   case $1 in
-    gateway) printf '%s\n' "$queues" '^amq\.default$' '^$' '' ;;
-    agent) printf '%s\n' "$queues" '^amq\.default$' "^${q}(\\.dlq)?\$" '' ;;
+    gateway) printf '%s\n' '^$' "^${q}\\.in\$" '^$' '' ;;
+    agent) printf '%s\n' '^$' "^${q}\\.dlq\\.parking\$" "^${q}(\\.dlq)?\$" '' ;;
     # The management API shows a `management` user the queues of the vhosts it may use; it may use `/`
     # without any permission on its queues or exchanges.
     metrics-sidecar) printf '%s\n' '^$' '^$' '^$' management ;;
@@ -164,14 +170,37 @@ rabbitmq_definitions() {
     printf ',\n    {"user": "%s", "vhost": "/", "configure": "%s", "write": "%s", "read": "%s"}' \
       "$(name "$component")" "$configure" "$write" "$read"
   done
-  # The topology, with the arguments shared/src/queue.rs declares (RabbitMQ refuses a re-declaration with
-  # other arguments).
-  printf '\n  ],\n  "queues": [\n'
+  printf '\n  ],\n'
+  topology
+  printf '}\n'
+}
+
+# The exchanges, queues and bindings of shared/src/queue.rs, with the arguments it declares (RabbitMQ refuses
+# a re-declaration with other arguments; an import leaves an existing queue's arguments as they are).
+topology() {
+  exchange='"vhost": "/", "type": "direct", "durable": true, "auto_delete": false, "internal": false, "arguments": {}'
+  printf '  "exchanges": [\n'
+  printf '    {"name": "%s.in", %s},\n' "$queue" "$exchange"
+  printf '    {"name": "%s.dlx", %s},\n' "$queue" "$exchange"
+  printf '    {"name": "%s.dlq.parking", %s}\n' "$queue" "$exchange"
+  printf '  ],\n  "queues": [\n'
   printf '    {"name": "%s.dlq.parked", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-max-length": 100000, "x-overflow": "drop-head", "x-message-ttl": 1209600000}},\n' "$queue"
   printf '    {"name": "%s.dlq", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}},\n' "$queue"
-  printf '    {"name": "%s", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-queue-type": "quorum", "x-delivery-limit": %s, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "%s.dlq"}}\n' \
-    "$queue" "$max_deliveries" "$queue"
-  printf '  ]\n}\n'
+  printf '    {"name": "%s", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {"x-queue-type": "quorum", "x-delivery-limit": %s, "x-dead-letter-exchange": "%s.dlx", "x-dead-letter-routing-key": "%s.dlq"}}\n' \
+    "$queue" "$max_deliveries" "$queue" "$queue"
+  printf '  ],\n  "bindings": [\n'
+  binding='"vhost": "/", "destination_type": "queue", "arguments": {}'
+  printf '    {"source": "%s.in", "destination": "%s", "routing_key": "%s", %s},\n' "$queue" "$queue" "$queue" "$binding"
+  printf '    {"source": "%s.dlx", "destination": "%s.dlq", "routing_key": "%s.dlq", %s},\n' "$queue" "$queue" "$queue" "$binding"
+  printf '    {"source": "%s.dlq.parking", "destination": "%s.dlq.parked", "routing_key": "%s.dlq.parked", %s}\n' \
+    "$queue" "$queue" "$queue" "$binding"
+  printf '  ]\n'
+}
+
+rabbitmq_topology() {
+  printf '{\n  "vhosts": [{"name": "/"}],\n'
+  topology
+  printf '}\n'
 }
 
 command=${1:-}
@@ -180,6 +209,7 @@ case $command in
   redis-acl-file) redis_acl_file ;;
   rabbitmq-permissions) rabbitmq_permissions "${2:-}" ;;
   rabbitmq-definitions) rabbitmq_definitions ;;
+  rabbitmq-topology) rabbitmq_topology ;;
   name) name "${2:-}" ;;
-  *) fail "usage: euglena-users.sh redis-rules|rabbitmq-permissions|name COMPONENT, or redis-acl-file|rabbitmq-definitions" ;;
+  *) fail "usage: euglena-users.sh redis-rules|rabbitmq-permissions|name COMPONENT, or redis-acl-file|rabbitmq-definitions|rabbitmq-topology" ;;
 esac

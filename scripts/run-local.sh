@@ -9,8 +9,8 @@
 # Each component connects as a user of its own (least privilege, docs/security.md): the script creates (or
 # updates) euglena-gateway, euglena-agent and euglena-metrics-sidecar in the local Redis (ACL SETUSER) and
 # RabbitMQ (rabbitmqctl, as root or through sudo) with the rules of docker/euglena-users.sh, and passwords
-# generated once into .local/credentials (mode 600). Redis's default user and RabbitMQ's guest are left as
-# they are.
+# generated once into .local/credentials (mode 600), and imports the queue topology, which those users may
+# not create. Redis's default user and RabbitMQ's guest are left as they are.
 #
 #   scripts/run-local.sh          keep the fleet running after the sample task (Ctrl-C to stop)
 #   scripts/run-local.sh --once   stop after the sample task; exit 0 only if it completed
@@ -81,6 +81,10 @@ for component in "${components[@]}"; do
   # shellcheck disable=SC2086 # no tags is an empty list
   as_root rabbitmqctl -q set_user_tags "$user" ${permissions[3]} >/dev/null
 done
+# The topology (exchanges, queues, bindings): the components' users may not create it. An existing queue
+# keeps its arguments (an import never changes them).
+say "creating the queue topology of $AGENT_INPUT_QUEUE"
+sh "$users" rabbitmq-topology | as_root rabbitmqctl -q import_definitions >/dev/null
 # REDIS_URL and RABBITMQ_URL of a component: its own user (the names and passwords are URL-safe).
 redis_url() { printf 'redis://%s:%s@127.0.0.1:6379/0' "$(sh "$users" name "$1")" "$(password_of "$1")"; }
 amqp_url() { printf 'amqp://%s:%s@127.0.0.1:5672/%%2f' "$(sh "$users" name "$1")" "$(password_of "$1")"; }
@@ -102,8 +106,7 @@ wait_http() { # url name [text the answer must contain]
   say "$2 did not come up; its log:"; tail -n 20 "$run_dir/$2.log" >&2; return 1
 }
 
-# The agents first: they declare the queues, which the gateway (it never reads the task queue) may only
-# re-declare.
+# The agents first, so that the gateway's first task finds one waiting.
 for n in 1 2; do
   REDIS_URL=$(redis_url agent) RABBITMQ_URL=$(amqp_url agent) \
     HEALTH_PORT=$((8079 + 2 * n)) WORKER_ID="local-agent-$n" QDRANT_PATH="$run_dir/qdrant-$n" \

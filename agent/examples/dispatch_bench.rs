@@ -138,13 +138,14 @@ async fn main() -> anyhow::Result<()> {
 
     stop.cancel();
     running.await??;
-    for queue in [
-        topology.queue.clone(),
-        topology.dead_letter_queue(),
-        topology.parked_queue(),
-    ] {
+    for queue in topology.queues() {
         channel
             .queue_delete(queue.as_str().into(), Default::default())
+            .await?;
+    }
+    for exchange in topology.exchanges() {
+        channel
+            .exchange_delete(exchange.as_str().into(), Default::default())
             .await?;
     }
     let leftovers: Vec<String> = redis::cmd("KEYS")

@@ -32,6 +32,9 @@ pub enum ConsumeError {
     /// The broker or the connection failed.
     #[error("rabbitmq: {0}")]
     Broker(#[from] lapin::Error),
+    /// The queue topology is missing (and this user may not create it) or refused.
+    #[error(transparent)]
+    Topology(#[from] shared::queue::TopologyError),
     /// A connection attempt timed out.
     #[error("rabbitmq did not answer within {0:?}")]
     Timeout(Duration),
@@ -153,8 +156,8 @@ impl<E: TaskExecutor> Consumer<E> {
         draining: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<Channel, ConsumeError> {
+        self.topology.ensure(connection).await?;
         let channel = connection.create_channel().await?;
-        self.topology.declare(&channel).await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await?;

@@ -14,9 +14,10 @@ pub enum AgentError {
     /// RabbitMQ did not accept a connection within the start-up deadline.
     #[error("cannot reach RabbitMQ within {0:?}: {1}")]
     BrokerUnreachable(Duration, crate::consumer::ConsumeError),
-    /// The broker refused the topology (e.g. the queue exists with other arguments).
-    #[error("cannot declare the queue topology: {0}")]
-    Topology(lapin::Error),
+    /// The queue topology is missing and this user may not create it, or the broker refused it (e.g. the
+    /// queue exists with other arguments).
+    #[error(transparent)]
+    Topology(#[from] shared::queue::TopologyError),
     /// The health port could not be bound.
     #[error("cannot bind the health port {port}: {source}")]
     HealthBind {

@@ -43,11 +43,11 @@ pub struct Application<E> {
 
 impl<E: TaskExecutor> Application<E> {
     /// Binds the health port and serves `starting` on it, then connects to Redis and RabbitMQ (retrying
-    /// until `STARTUP_TIMEOUT_SECONDS`) and declares the topology.
+    /// until `STARTUP_TIMEOUT_SECONDS`) and makes sure the queue topology exists.
     ///
     /// # Errors
-    /// [`AgentError`] when a dependency stays unreachable past the deadline, the topology is refused, or
-    /// the port cannot be bound.
+    /// [`AgentError`] when a dependency stays unreachable past the deadline, the topology is missing (and
+    /// this user may not create it) or refused, or the port cannot be bound.
     pub async fn build(settings: AgentSettings, executor: E) -> Result<Self, AgentError> {
         let deadline = Instant::now() + settings.startup_timeout;
         let worker_id = match &settings.worker_id {
@@ -65,19 +65,9 @@ impl<E: TaskExecutor> Application<E> {
         health_state.redis_connected();
         let connection = connect_broker(&settings, &worker_id, deadline).await?;
         health_state.broker().set(true);
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(AgentError::Topology)?;
-        settings
-            .common
-            .topology()
-            .declare(&channel)
-            .await
-            .map_err(AgentError::Topology)?;
-        if let Err(error) = channel.close(200, "topology declared".into()).await {
-            tracing::debug!(%error, "cannot close the declaring channel");
-        }
+        // The agents' own user may not create the topology: it is checked passively, and declared only by a
+        // user allowed to.
+        settings.common.topology().ensure(&connection).await?;
         tracing::info!(worker_id, "agent connected");
         Ok(Self {
             settings,

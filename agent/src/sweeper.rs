@@ -10,8 +10,10 @@
 //! `WORKER_TTL_SECONDS` (a live worker writes its status far more often), it stores `failed` with the
 //! reason, refunding the unused ticks once, through the same forward-only transition as everything else.
 //! Poison messages and finished tasks are left alone. Then it moves the message, handled, into the parking
-//! queue `{queue}.dlq.parked`: it publishes the same body and properties there with a publisher confirm,
-//! and acknowledges the original only once the broker confirmed the copy, so no dead letter is lost.
+//! queue `{queue}.dlq.parked`: it publishes the same body and properties there, through the exchange
+//! `{queue}.dlq.parking` (the only exchange the agents' user may write to, bound to that queue alone), with
+//! a publisher confirm, and acknowledges the original only once the broker confirmed the copy, so no dead
+//! letter is lost.
 //!
 //! How the DLQ is emptied, and why: the sweeper is the DLQ's only consumer, and nobody else should take
 //! messages out of it. Were the DLQ left to hold its messages, a sweeper reading it could only ever look
@@ -43,7 +45,7 @@ use redis::aio::ConnectionManager;
 use secrecy::SecretString;
 use shared::Keys;
 use shared::Status;
-use shared::queue::parked_queue_of;
+use shared::queue::{parked_queue_of, parking_exchange_of};
 use shared::store::{StoreError, Transition, transition};
 use shared::task::{TaskMessage, TaskResult, field};
 use std::time::Duration;
@@ -120,7 +122,8 @@ pub struct Sweeper {
     pub rabbitmq_url: SecretString,
     /// How to reach it over TLS (`amqps://`).
     pub tls: shared::tls::Tls,
-    /// The queue swept (`{queue}.dlq`); its messages are moved into `{queue}.dlq.parked`.
+    /// The queue swept (`{queue}.dlq`); its messages are moved into `{queue}.dlq.parked` through
+    /// `{queue}.dlq.parking`.
     pub dead_letter_queue: String,
     /// A task whose record was written within this long is still a worker's: left for a later sweep.
     pub worker_ttl: Duration,
@@ -139,6 +142,12 @@ impl Sweeper {
     /// The parking queue (`{queue}.dlq.parked`).
     fn parked_queue(&self) -> String {
         parked_queue_of(&self.dead_letter_queue)
+    }
+
+    /// The exchange bound to the parking queue (`{queue}.dlq.parking`): the one exchange the agents' user
+    /// may publish to.
+    fn parking_exchange(&self) -> String {
+        parking_exchange_of(&self.dead_letter_queue)
     }
 
     /// Sweeps every [`SWEEP_INTERVAL`] (when this agent wins the lock) until `stop` fires. Failures are
@@ -277,7 +286,7 @@ impl Sweeper {
         let parked_queue = self.parked_queue();
         let mut parking = Vec::new();
         let read = self
-            .read_batch(channel, &parked_queue, batch, report, held, &mut parking)
+            .read_batch(channel, batch, report, held, &mut parking)
             .await;
         // The copies published before a failure are settled too, so their originals are not parked twice.
         settle(channel, &parked_queue, parking, report).await?;
@@ -289,12 +298,12 @@ impl Sweeper {
     async fn read_batch(
         &self,
         channel: &Channel,
-        parked_queue: &str,
         batch: u32,
         report: &mut SweepReport,
         held: &mut Vec<u64>,
         parking: &mut Vec<(u64, PublisherConfirm)>,
     ) -> Result<u32, SweepError> {
+        let (exchange, parked_queue) = (self.parking_exchange(), self.parked_queue());
         let mut read = 0;
         while read < batch {
             let Some(message) = channel
@@ -316,8 +325,8 @@ impl Sweeper {
                 Disposition::Park => {
                     let confirm = channel
                         .basic_publish(
-                            "".into(),
-                            parked_queue.into(),
+                            exchange.as_str().into(),
+                            parked_queue.as_str().into(),
                             BasicPublishOptions {
                                 mandatory: true,
                                 ..BasicPublishOptions::default()

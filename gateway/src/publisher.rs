@@ -2,7 +2,8 @@
 //!
 //! Many publishes are in flight on the channel at once; lapin matches each broker confirm to its publish,
 //! so a request waits only for its own confirm. A supervisor task owns the connection: it connects (and
-//! declares the topology), watches the connection, and reconnects with backoff after the broker restarts.
+//! makes sure the topology exists), watches the connection, and reconnects with backoff after the broker
+//! restarts.
 //! While there is no channel, [`Publisher::publish`] fails at once with [`PublishError::Unavailable`], so
 //! the gateway answers 503 quickly rather than hanging.
 
@@ -99,8 +100,8 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Connects to the broker (waiting up to `deadline`), declares the topology, and starts the supervisor
-    /// that keeps the connection up until `shutdown` is cancelled.
+    /// Connects to the broker (waiting up to `deadline`), makes sure the topology exists, and starts the
+    /// supervisor that keeps the connection up until `shutdown` is cancelled.
     ///
     /// # Errors
     /// [`ConnectError`] when no connection could be made within `deadline`.
@@ -165,7 +166,7 @@ impl Publisher {
     ///
     /// # Errors
     /// [`PublishError::Unavailable`] without a connection; the broker's error otherwise (a missing queue
-    /// closes the status channel, and the supervisor reconnects and declares it again).
+    /// closes the status channel, and the supervisor reconnects and declares it again if its user may).
     pub async fn queue_depth(&self) -> Result<u32, PublishError> {
         let channel = read(&self.shared.status)
             .filter(|c| c.status().connected())
@@ -256,18 +257,26 @@ async fn open(
     let attempt = async {
         let connection = broker
             .connect(ConnectionProperties::default().with_connection_name("euglena-gateway".into()))
-            .await?;
-        let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let status = connection.create_channel().await?;
-        Ok::<_, lapin::Error>((connection, channel, status))
+            .await
+            .map_err(|error| error.to_string())?;
+        // The topology exists (the gateway's own user may not create it): checked passively.
+        topology
+            .ensure(&connection)
+            .await
+            .map_err(|error| error.to_string())?;
+        let opened = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            let status = connection.create_channel().await?;
+            Ok::<_, lapin::Error>((channel, status))
+        };
+        let (channel, status) = opened.await.map_err(|error| error.to_string())?;
+        Ok::<_, String>((connection, channel, status))
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Ok(Ok(opened)) => Ok(opened),
-        Ok(Err(error)) => Err(error.to_string()),
+        Ok(opened) => opened,
         Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
     }
 }

@@ -75,8 +75,8 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to Redis and RabbitMQ (waiting up to the start-up deadline), declares the topology and
-    /// binds the port.
+    /// Connects to Redis and RabbitMQ (waiting up to the start-up deadline), makes sure the topology exists
+    /// and binds the port.
     ///
     /// # Errors
     /// [`StartupError`] with one clear reason.

@@ -1,16 +1,30 @@
-//! The RabbitMQ topology, declared identically by every service that touches it.
+//! The RabbitMQ topology: the three queues, the exchanges that feed them, and how a service makes sure they
+//! exist.
 //!
 //! `agent.mandates` is a durable quorum queue whose `x-delivery-limit` dead-letters a message that keeps
-//! failing into `agent.mandates.dlq` through the default exchange. The agents' dead-letter sweeper empties
-//! that DLQ into the parking queue `agent.mandates.dlq.parked`, where operators inspect dead letters. RabbitMQ
-//! refuses a re-declaration with different arguments, so the arguments are built in exactly one place:
-//! [`Topology::queue_arguments`] and [`Topology::parked_queue_arguments`].
+//! failing, through the exchange `agent.mandates.dlx`, into `agent.mandates.dlq`. The agents' dead-letter
+//! sweeper empties that DLQ into the parking queue `agent.mandates.dlq.parked`, through the exchange
+//! `agent.mandates.dlq.parking`, where operators inspect dead letters. The gateway publishes tasks through
+//! the exchange `agent.mandates.in`. Each exchange is a durable direct exchange bound to its one queue with
+//! the queue's name as the binding key, so write permission on an exchange reaches that queue and no other:
+//! nobody publishes through the default exchange, which reaches every queue of the vhost.
+//!
+//! The services do not create the topology when it exists: [`Topology::ensure`] checks every exchange and
+//! queue passively (which needs no permission) and declares the whole topology only when a piece is missing,
+//! which only an administrator's credentials may do. The components' own users may not declare anything (a
+//! `configure` permission would let them delete the queues too), so wherever they are used the broker's
+//! set-up creates the topology (`docker/euglena-users.sh rabbitmq-definitions`).
+//!
+//! RabbitMQ refuses a re-declaration with different arguments, so the arguments are built in exactly one
+//! place: [`Topology::queue_arguments`] and [`Topology::parked_queue_arguments`].
 
 use crate::task::TaskMessage;
 use crate::telemetry::{TRACEPARENT, TraceParent};
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use uuid::Uuid;
 
 /// The default task queue name.
@@ -25,6 +39,62 @@ pub const PARKED_MESSAGE_TTL_MS: i64 = 14 * 24 * 60 * 60 * 1_000;
 /// The parking queue of the dead-letter queue `dead_letter_queue`: `{dead_letter_queue}.parked`.
 pub fn parked_queue_of(dead_letter_queue: &str) -> String {
     format!("{dead_letter_queue}.parked")
+}
+
+/// The exchange through which the sweeper parks the dead letters of `dead_letter_queue`:
+/// `{dead_letter_queue}.parking`, bound to [`parked_queue_of`] only.
+pub fn parking_exchange_of(dead_letter_queue: &str) -> String {
+    format!("{dead_letter_queue}.parking")
+}
+
+/// `ACCESS_REFUSED`: the user lacks the permission the operation needs.
+pub const ACCESS_REFUSED: u16 = 403;
+/// `NOT_FOUND`: the exchange or queue does not exist.
+pub const NOT_FOUND: u16 = 404;
+/// `PRECONDITION_FAILED`: e.g. a queue re-declared with other arguments than it has.
+pub const PRECONDITION_FAILED: u16 = 406;
+
+/// The AMQP reply code of an error the broker sent (`403` for `ACCESS_REFUSED`, ...); `None` for an
+/// error of the connection itself.
+pub fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(error) => Some(error.get_id()),
+        _ => None,
+    }
+}
+
+/// Why the topology could not be made sure of.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// A piece of the topology does not exist, and the broker refused to let this user create it.
+    #[error(
+        "the queue topology is incomplete ({missing} does not exist) and this user may not create it \
+         ({refused}): the broker's set-up creates it (docs/operations.md, \"Credentials: the \
+         components' users\")"
+    )]
+    Missing {
+        /// The first piece found missing (`exchange 'agent.mandates.in'`, `queue 'agent.mandates'`).
+        missing: String,
+        /// The broker's refusal.
+        refused: String,
+    },
+    /// The broker failed or refused a check or a declaration, e.g. `PRECONDITION_FAILED` when a queue
+    /// exists with other arguments.
+    #[error("cannot declare the queue topology: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// What [`Topology::ensure`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    /// Every exchange and queue exists; nothing was declared.
+    Present,
+    /// Something was missing, and the whole topology was declared.
+    Declared,
+    /// Something was missing and the whole topology was declared, except that the task queue exists
+    /// with the arguments of earlier releases (dead-lettering through the default exchange) and keeps
+    /// them.
+    DeclaredBesideLegacyQueue,
 }
 
 /// The AMQP header carrying the HTTP request id from the gateway to the agent's task span.
@@ -68,6 +138,51 @@ impl Topology {
         parked_queue_of(&self.dead_letter_queue())
     }
 
+    /// `{queue}.in`: the exchange the gateway publishes tasks to, bound to the task queue only.
+    pub fn input_exchange(&self) -> String {
+        format!("{}.in", self.queue)
+    }
+
+    /// `{queue}.dlx`: the task queue's dead-letter exchange, bound to the DLQ only. Only the broker
+    /// publishes there (dead-lettering needs no user's permission).
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.queue)
+    }
+
+    /// `{queue}.dlq.parking`: the exchange the dead-letter sweeper parks dead letters through, bound to the
+    /// parking queue only.
+    pub fn parking_exchange(&self) -> String {
+        parking_exchange_of(&self.dead_letter_queue())
+    }
+
+    /// The three exchanges, in the order they are declared.
+    pub fn exchanges(&self) -> [String; 3] {
+        [
+            self.input_exchange(),
+            self.dead_letter_exchange(),
+            self.parking_exchange(),
+        ]
+    }
+
+    /// The three queues, in the order they are declared (a queue's dead-letter target first).
+    pub fn queues(&self) -> [String; 3] {
+        [
+            self.parked_queue(),
+            self.dead_letter_queue(),
+            self.queue.clone(),
+        ]
+    }
+
+    /// The bindings, `(exchange, queue)`: each exchange to its one queue, with the queue's name as the
+    /// binding key (and so as the routing key of whatever is published or dead-lettered through it).
+    pub fn bindings(&self) -> [(String, String); 3] {
+        [
+            (self.input_exchange(), self.queue.clone()),
+            (self.dead_letter_exchange(), self.dead_letter_queue()),
+            (self.parking_exchange(), self.parked_queue()),
+        ]
+    }
+
     /// The parking queue's arguments: at most [`PARKED_MAX_LENGTH`] messages, the oldest dropped first,
     /// each kept [`PARKED_MESSAGE_TTL_MS`] at most.
     ///
@@ -93,8 +208,20 @@ impl Topology {
         args
     }
 
-    /// The task queue's arguments: quorum, delivery limit, dead-lettering to the DLQ.
+    /// The task queue's arguments: quorum, delivery limit, dead-lettering to the DLQ through
+    /// [`Topology::dead_letter_exchange`].
     pub fn queue_arguments(&self) -> FieldTable {
+        self.task_queue_arguments(&self.dead_letter_exchange())
+    }
+
+    /// The task queue's arguments as releases before the dead-letter exchange declared them: dead-lettering
+    /// through the default exchange, with the same routing key. Such a queue keeps working (the broker
+    /// dead-letters without any user's permission); only its arguments cannot be changed in place.
+    pub fn legacy_queue_arguments(&self) -> FieldTable {
+        self.task_queue_arguments("")
+    }
+
+    fn task_queue_arguments(&self, dead_letter_exchange: &str) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
@@ -106,7 +233,7 @@ impl Topology {
         );
         args.insert(
             "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
+            AMQPValue::LongString(dead_letter_exchange.into()),
         );
         args.insert(
             "x-dead-letter-routing-key".into(),
@@ -115,11 +242,139 @@ impl Topology {
         args
     }
 
-    /// Declares the parking queue, the DLQ and the task queue (idempotent).
+    /// Makes sure the topology exists on `connection`: checks every exchange and queue passively (no
+    /// permission needed) and, when one is missing, declares the whole topology, which only a user allowed
+    /// to configure it may do. The arguments of what exists are not checked: whoever created it built them
+    /// from the same settings (`MAX_DELIVERIES` must agree everywhere). Bindings cannot be checked without
+    /// the management API; a missing one shows as unroutable publishes.
+    ///
+    /// A task queue created by an earlier release (dead-lettering through the default exchange) refuses
+    /// the new arguments; it is kept as it is, with the exchanges declared beside it, and a warning says
+    /// how to move it (docs/operations.md).
     ///
     /// # Errors
-    /// The broker's error, e.g. `PRECONDITION_FAILED` when the queue exists with other arguments.
+    /// [`TopologyError::Missing`] when a piece is missing and the broker refuses to let this user create
+    /// it; [`TopologyError::Broker`] when the broker fails, or refuses the declaration otherwise (e.g.
+    /// `PRECONDITION_FAILED`: a queue exists with other arguments).
+    pub async fn ensure(&self, connection: &Connection) -> Result<Ensured, TopologyError> {
+        let Some(missing) = self.first_missing(connection).await? else {
+            return Ok(Ensured::Present);
+        };
+        tracing::info!(queue = %self.queue, %missing, "declaring the queue topology");
+        let channel = connection.create_channel().await?;
+        match self.declare(&channel).await {
+            Ok(()) => {
+                close(&channel).await;
+                Ok(Ensured::Declared)
+            }
+            // The channel is closed by the refusal.
+            Err(error) if reply_code(&error) == Some(ACCESS_REFUSED) => {
+                Err(TopologyError::Missing {
+                    missing,
+                    refused: error.to_string(),
+                })
+            }
+            Err(error) if reply_code(&error) == Some(PRECONDITION_FAILED) => {
+                self.declare_beside_legacy_queue(connection, error).await
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// After the declaration failed with `PRECONDITION_FAILED` (`refused`): declares the topology again
+    /// with the task queue's arguments of earlier releases, keeping the broker's first refusal when that
+    /// fails too (then the queue differs in something else, e.g. its delivery limit).
+    async fn declare_beside_legacy_queue(
+        &self,
+        connection: &Connection,
+        refused: lapin::Error,
+    ) -> Result<Ensured, TopologyError> {
+        let channel = connection.create_channel().await?;
+        match self
+            .declare_with(&channel, self.legacy_queue_arguments())
+            .await
+        {
+            Ok(()) => {
+                close(&channel).await;
+                tracing::warn!(
+                    queue = %self.queue,
+                    "the task queue was created by an earlier release and dead-letters through the default \
+                     exchange; it keeps working, with the new exchanges beside it. To move it to its \
+                     dead-letter exchange, see docs/operations.md, \"Changing the queue's arguments\""
+                );
+                Ok(Ensured::DeclaredBesideLegacyQueue)
+            }
+            Err(_) => Err(refused.into()),
+        }
+    }
+
+    /// The first exchange or queue that does not exist (`exchange 'x'`, `queue 'q'`), by passive
+    /// declares on a channel of their own.
+    async fn first_missing(&self, connection: &Connection) -> Result<Option<String>, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        let passive_exchange = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for exchange in self.exchanges() {
+            let checked = channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Direct,
+                    passive_exchange,
+                    FieldTable::default(),
+                )
+                .await;
+            if let Err(error) = checked {
+                return missing_or(error, format!("exchange '{exchange}'"));
+            }
+        }
+        let passive_queue = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        for queue in self.queues() {
+            let checked = channel
+                .queue_declare(queue.as_str().into(), passive_queue, FieldTable::default())
+                .await;
+            if let Err(error) = checked {
+                return missing_or(error, format!("queue '{queue}'"));
+            }
+        }
+        close(&channel).await;
+        Ok(None)
+    }
+
+    /// Declares the whole topology on `channel` (idempotent): the exchanges, the parking queue, the DLQ, the
+    /// task queue, and the bindings. This is the broker set-up's job (an administrator's credentials: the
+    /// components' users may not declare anything); services call [`Topology::ensure`].
+    ///
+    /// # Errors
+    /// The broker's error, e.g. `PRECONDITION_FAILED` when the queue exists with other arguments, or
+    /// `ACCESS_REFUSED` for a user not allowed to configure the topology.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        self.declare_with(channel, self.queue_arguments()).await
+    }
+
+    async fn declare_with(
+        &self,
+        channel: &Channel,
+        queue_arguments: FieldTable,
+    ) -> Result<(), lapin::Error> {
+        let durable_exchange = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for exchange in self.exchanges() {
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Direct,
+                    durable_exchange,
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         let durable = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
@@ -139,13 +394,25 @@ impl Topology {
             )
             .await?;
         channel
-            .queue_declare(self.queue.as_str().into(), durable, self.queue_arguments())
+            .queue_declare(self.queue.as_str().into(), durable, queue_arguments)
             .await?;
+        for (exchange, queue) in self.bindings() {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    queue.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         Ok(())
     }
 
-    /// Publishes `message` persistently and `mandatory` to the task queue on `channel`, returning the
-    /// broker's confirm to await. `origin` travels in the message's headers.
+    /// Publishes `message` persistently and `mandatory` to the task queue, through
+    /// [`Topology::input_exchange`], on `channel`, returning the broker's confirm to await. `origin` travels
+    /// in the message's headers.
     ///
     /// # Errors
     /// When the channel cannot send (closed, broker gone).
@@ -158,7 +425,7 @@ impl Topology {
         let body = serde_json::to_vec(message).expect("a TaskMessage always serialises");
         channel
             .basic_publish(
-                "".into(),
+                self.input_exchange().as_str().into(),
                 self.queue.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,
@@ -168,6 +435,21 @@ impl Topology {
                 message_properties(message.correlation_id, origin),
             )
             .await
+    }
+}
+
+/// `Ok(Some(what))` when the broker answered `NOT_FOUND`; the error otherwise.
+fn missing_or(error: lapin::Error, what: String) -> Result<Option<String>, lapin::Error> {
+    match reply_code(&error) {
+        Some(NOT_FOUND) => Ok(Some(what)),
+        _ => Err(error),
+    }
+}
+
+/// Closes a channel opened for declaring, which nothing else uses.
+async fn close(channel: &Channel) {
+    if let Err(error) = channel.close(200, "topology checked".into()).await {
+        tracing::debug!(%error, "cannot close the topology channel");
     }
 }
 
@@ -249,9 +531,63 @@ mod tests {
             Some(&AMQPValue::LongLongInt(5))
         );
         assert_eq!(
+            inner.get("x-dead-letter-exchange"),
+            Some(&AMQPValue::LongString("q.dlx".into()))
+        );
+        assert_eq!(
             inner.get("x-dead-letter-routing-key"),
             Some(&AMQPValue::LongString("q.dlq".into()))
         );
+    }
+
+    #[test]
+    fn the_legacy_arguments_differ_only_in_dead_lettering_through_the_default_exchange() {
+        let topology = Topology::new("q", 5);
+        let (mut legacy, mut current) = (
+            topology.legacy_queue_arguments().inner().clone(),
+            topology.queue_arguments().inner().clone(),
+        );
+        assert_eq!(
+            legacy.remove("x-dead-letter-exchange"),
+            Some(AMQPValue::LongString("".into()))
+        );
+        current.remove("x-dead-letter-exchange");
+        assert_eq!(legacy, current);
+    }
+
+    #[test]
+    fn each_exchange_is_bound_to_one_queue_by_that_queues_name() {
+        let topology = Topology::new("agent.mandates", 3);
+        assert_eq!(
+            topology.exchanges(),
+            [
+                "agent.mandates.in",
+                "agent.mandates.dlx",
+                "agent.mandates.dlq.parking"
+            ]
+        );
+        assert_eq!(
+            topology.bindings(),
+            [
+                ("agent.mandates.in".to_owned(), "agent.mandates".to_owned()),
+                (
+                    "agent.mandates.dlx".to_owned(),
+                    "agent.mandates.dlq".to_owned()
+                ),
+                (
+                    "agent.mandates.dlq.parking".to_owned(),
+                    "agent.mandates.dlq.parked".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(
+            parking_exchange_of(&topology.dead_letter_queue()),
+            topology.parking_exchange()
+        );
+        // No exchange shares a queue's name: permissions are regular expressions on both kinds of name.
+        for exchange in topology.exchanges() {
+            assert!(!topology.queues().contains(&exchange), "{exchange}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Removing what a test left in the shared Redis and RabbitMQ: its queues and its keys.
 
-use lapin::options::QueueDeleteOptions;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use std::time::Duration;
 
@@ -9,14 +9,20 @@ pub const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The local Redis the tests use.
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
-/// Deletes `queue`, its dead-letter queue and every Redis key under `key_prefix`, best effort, within a
-/// few seconds. Blocking, with fresh connections on a runtime of its own, so it can run from `Drop` while
-/// the test's runtime (which drives the test's own connections) is blocked.
+/// Deletes `queue`, its dead-letter and parking queues, their exchanges (named as `shared::queue::Topology`
+/// names them) and every Redis key under `key_prefix`, best effort, within a few seconds. Blocking, with
+/// fresh connections on a runtime of its own, so it can run from `Drop` while the test's runtime (which
+/// drives the test's own connections) is blocked.
 pub fn remove_test_state(queue: &str, key_prefix: &str) {
     let queues = [
         queue.to_owned(),
         format!("{queue}.dlq"),
         format!("{queue}.dlq.parked"),
+    ];
+    let exchanges = [
+        format!("{queue}.in"),
+        format!("{queue}.dlx"),
+        format!("{queue}.dlq.parking"),
     ];
     let pattern = format!("{key_prefix}*");
     let _ = std::thread::spawn(move || {
@@ -35,6 +41,14 @@ pub fn remove_test_state(queue: &str, key_prefix: &str) {
                     for queue in queues {
                         let _ = channel
                             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                    for exchange in exchanges {
+                        let _ = channel
+                            .exchange_delete(
+                                exchange.as_str().into(),
+                                ExchangeDeleteOptions::default(),
+                            )
                             .await;
                     }
                     let _ = amqp.close(200, "test cleanup".into()).await;

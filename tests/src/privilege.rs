@@ -5,6 +5,12 @@
 //!
 //! This file is also compiled into the agent's runtime tests (`#[path]`), so it names no crate-local item.
 
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation, Connection, ExchangeKind};
 use std::process::Command;
 use std::time::Duration;
 
@@ -315,4 +321,162 @@ pub async fn rabbitmq_user_exists(user: &str) -> anyhow::Result<bool> {
         .await?
         .status();
     Ok(status.is_success())
+}
+
+/// Whether the broker refused `error`'s operation for want of permission (`ACCESS_REFUSED`, 403), which
+/// closes the channel.
+pub fn is_access_refused(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 403)
+}
+
+/// What became of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Confirmed and routed to a queue.
+    Routed,
+    /// Confirmed, but no queue is bound for its routing key: returned (it was `mandatory`).
+    Unroutable,
+    /// `ACCESS_REFUSED`: the user may not write to the exchange.
+    Refused,
+}
+
+/// Publishes a small message, `mandatory`, to `exchange` (`""` is the default exchange) with
+/// `routing_key`, on a fresh channel of `amqp` in confirm mode, and says what the broker did with it.
+///
+/// # Errors
+/// Any other broker error.
+pub async fn publish_as(
+    amqp: &Connection,
+    exchange: &str,
+    routing_key: &str,
+) -> anyhow::Result<Published> {
+    let channel = amqp.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let sent = async {
+        channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                b"{\"probe\": true}",
+                BasicProperties::default(),
+            )
+            .await?
+            .await
+    }
+    .await;
+    let published = match sent {
+        Ok(Confirmation::Ack(None)) => Published::Routed,
+        Ok(Confirmation::Ack(Some(_))) => Published::Unroutable,
+        Err(error) if is_access_refused(&error) => return Ok(Published::Refused),
+        Ok(other) => anyhow::bail!("publishing to '{exchange}': {other:?}"),
+        Err(error) => return Err(error.into()),
+    };
+    let _ = channel.close(200, "published".into()).await;
+    Ok(published)
+}
+
+/// Runs `attempt` (made on a channel of its own); `Ok(true)` when the broker refused it with
+/// `ACCESS_REFUSED`, `Ok(false)` when it allowed it.
+async fn refused<T>(
+    attempt: impl std::future::Future<Output = lapin::Result<T>>,
+) -> anyhow::Result<bool> {
+    match attempt.await {
+        Ok(_) => Ok(false),
+        Err(error) if is_access_refused(&error) => Ok(true),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Tries, as `amqp`'s user, everything `configure` (or `write` on a queue) would allow on a deployment's
+/// topology: deleting each of its queues and exchanges, re-declaring its task queue (`queues[2]`, with
+/// whatever arguments), declaring a new queue and a new exchange, unbinding the task queue from its
+/// exchange (`exchanges[0]`) and binding a queue to another exchange. Returns what the broker allowed:
+/// nothing, for a component's user.
+///
+/// # Errors
+/// When the broker fails otherwise than by refusing.
+pub async fn configuration_allowed(
+    amqp: &Connection,
+    queues: &[String; 3],
+    exchanges: &[String; 3],
+) -> anyhow::Result<Vec<String>> {
+    let mut allowed = Vec::new();
+    for queue in queues {
+        let channel = amqp.create_channel().await?;
+        if !refused(channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()))
+            .await?
+        {
+            allowed.push(format!("queue.delete {queue}"));
+        }
+    }
+    for exchange in exchanges {
+        let channel = amqp.create_channel().await?;
+        let delete =
+            channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default());
+        if !refused(delete).await? {
+            allowed.push(format!("exchange.delete {exchange}"));
+        }
+    }
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let task_queue = &queues[2];
+    let elsewhere = format!("{task_queue}.elsewhere");
+    for queue in [task_queue, &elsewhere] {
+        let channel = amqp.create_channel().await?;
+        let declare = channel.queue_declare(queue.as_str().into(), durable, FieldTable::default());
+        if !refused(declare).await? {
+            allowed.push(format!("queue.declare {queue}"));
+        }
+    }
+    let channel = amqp.create_channel().await?;
+    let declare = channel.exchange_declare(
+        elsewhere.as_str().into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    );
+    if !refused(declare).await? {
+        allowed.push(format!("exchange.declare {elsewhere}"));
+    }
+    let channel = amqp.create_channel().await?;
+    let unbind = channel.queue_unbind(
+        task_queue.as_str().into(),
+        exchanges[0].as_str().into(),
+        task_queue.as_str().into(),
+        FieldTable::default(),
+    );
+    if !refused(unbind).await? {
+        allowed.push(format!("queue.unbind {task_queue} from {}", exchanges[0]));
+    }
+    for queue in queues {
+        let channel = amqp.create_channel().await?;
+        let bind = channel.queue_bind(
+            queue.as_str().into(),
+            "amq.direct".into(),
+            "anything".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        );
+        if !refused(bind).await? {
+            allowed.push(format!("queue.bind {queue} to amq.direct"));
+        }
+    }
+    Ok(allowed)
+}
+
+/// Whether `amqp`'s user may purge `queue` (RabbitMQ ties purging to `read`).
+///
+/// # Errors
+/// When the broker fails otherwise than by refusing.
+pub async fn may_purge(amqp: &Connection, queue: &str) -> anyhow::Result<bool> {
+    let channel = amqp.create_channel().await?;
+    Ok(!refused(channel.queue_purge(queue.into(), QueuePurgeOptions::default())).await?)
 }

@@ -1,4 +1,4 @@
-//! Answering a delivery (ack, requeue, dead-letter) and reading its headers.
+//! Answering a delivery (ack, requeue, dead-letter) and reading its origin headers.
 
 use lapin::Acker;
 use lapin::message::Delivery;
@@ -7,7 +7,9 @@ use lapin::types::AMQPValue;
 use shared::queue::{Origin, REQUEST_ID_HEADER};
 use shared::telemetry::{TRACEPARENT, TraceParent};
 
-/// The header in which quorum queues count earlier deliveries of a message.
+/// The header in which quorum queues count earlier deliveries of a message. The worker does not read it:
+/// the broker sets it on a redelivery, but on a first delivery it is whatever the publisher wrote. The
+/// task record counts deliveries instead (see [`super`]).
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// How a delivery is answered.
@@ -73,21 +75,6 @@ pub fn origin(delivery: &Delivery) -> Origin {
     }
 }
 
-/// An integer header (the delivery count), whatever width the broker used.
-pub fn header_u32(delivery: &Delivery, name: &str) -> Option<u32> {
-    let value: i64 = match header(delivery, name)? {
-        AMQPValue::ShortShortInt(v) => i64::from(*v),
-        AMQPValue::ShortShortUInt(v) => i64::from(*v),
-        AMQPValue::ShortInt(v) => i64::from(*v),
-        AMQPValue::ShortUInt(v) => i64::from(*v),
-        AMQPValue::LongInt(v) => i64::from(*v),
-        AMQPValue::LongUInt(v) => i64::from(*v),
-        AMQPValue::LongLongInt(v) => *v,
-        _ => return None,
-    };
-    u32::try_from(value).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,26 +85,6 @@ mod tests {
         let mut delivery = Delivery::mock(1, "".into(), "q".into(), true, Vec::new());
         delivery.properties = BasicProperties::default().with_headers(headers);
         delivery
-    }
-
-    #[test]
-    fn the_delivery_count_is_read_whatever_integer_width_the_broker_used() {
-        let mut headers = FieldTable::default();
-        headers.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(3));
-        assert_eq!(
-            header_u32(&delivery_with(headers), DELIVERY_COUNT_HEADER),
-            Some(3)
-        );
-        let mut headers = FieldTable::default();
-        headers.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::ShortUInt(2));
-        assert_eq!(
-            header_u32(&delivery_with(headers), DELIVERY_COUNT_HEADER),
-            Some(2)
-        );
-        assert_eq!(
-            header_u32(&delivery_with(FieldTable::default()), DELIVERY_COUNT_HEADER),
-            None
-        );
     }
 
     #[test]

@@ -10,8 +10,13 @@
 //!
 //! Deliveries are counted: the quorum queue's `x-delivery-limit` is `MAX_DELIVERIES`, so the broker
 //! delivers a message `MAX_DELIVERIES + 1` times before dead-lettering it. The worker runs a task on at
-//! most `MAX_DELIVERIES` of them and uses the last one to mark the task `failed`, so a task whose worker
-//! keeps dying never stays `in_progress` forever.
+//! most `MAX_DELIVERIES` deliveries and marks it `failed` on the next one, so a task whose worker keeps
+//! dying never stays `in_progress` forever. The count is the task record's `attempts`, which each take
+//! increments in the same atomic write, never the message's `x-delivery-count` header: the broker sets
+//! that on a redelivery, but a publisher can set it on the first delivery, and it would then decide that
+//! the task is out of deliveries before it ever ran. A delivery the broker made but no worker recorded
+//! (its worker died before the take was stored) is not counted; if that lets the broker's last delivery
+//! end unrecorded too, the message is dead-lettered and the dead-letter sweeper ends the task.
 
 mod checkpoint;
 mod delivery;
@@ -23,7 +28,7 @@ pub use delivery::DELIVERY_COUNT_HEADER;
 pub use in_hand::{CANCEL_POLL, InHand, TaskInHand};
 
 use crate::executor::{Resume, TaskContext, TaskExecutor, TickFeed, TickReporter};
-use delivery::{Answer, answer, header_u32};
+use delivery::{Answer, answer};
 use execute::{Ending, RunEnd, Tally};
 use lapin::Acker;
 use lapin::message::Delivery;
@@ -137,8 +142,9 @@ impl<E> Clone for Worker<E> {
 
 /// What the task record says about the task a message names.
 enum Recorded {
-    /// The message as the record has it: the record's owner, mandate, `max_ticks` and creation time.
-    Task(TaskMessage),
+    /// The message as the record has it (the record's owner, mandate, `max_ticks` and creation time), and
+    /// the deliveries of it workers took so far.
+    Task { message: TaskMessage, attempts: u32 },
     /// There is no record.
     Missing,
     /// The record lacks this field (a record the gateway wrote always has it).
@@ -256,7 +262,7 @@ impl<E: TaskExecutor> Worker<E> {
             return Handled::Adopted;
         }
         let handled = self
-            .run(message, request_id, &delivery, reporter, feed, cancelled)
+            .run(message, request_id, reporter, feed, cancelled)
             .await;
         let acker = self
             .in_hand
@@ -287,16 +293,15 @@ impl<E: TaskExecutor> Worker<E> {
         &self,
         message: TaskMessage,
         request_id: Option<String>,
-        delivery: &Delivery,
         reporter: TickReporter,
         feed: TickFeed,
         cancelled: CancellationToken,
     ) -> Handled {
         let id = message.correlation_id;
-        // Whose task it is, what it asks and its budget come from the record the gateway wrote, never
-        // from the message: anyone able to publish to the queue could write those.
-        let message = match self.recorded(message).await {
-            Ok(Recorded::Task(message)) => message,
+        // Whose task it is, what it asks, its budget and how often it was taken come from the record the
+        // gateway and the workers wrote, never from the message: whoever publishes it writes those.
+        let (message, attempts_before) = match self.recorded(message).await {
+            Ok(Recorded::Task { message, attempts }) => (message, attempts),
             Ok(Recorded::Missing) => return self.missing(id).await,
             Ok(Recorded::Incomplete(missing)) => {
                 tracing::warn!(
@@ -310,8 +315,10 @@ impl<E: TaskExecutor> Worker<E> {
                 return Handled::Requeued(format!("cannot read the task record: {error}"));
             }
         };
-        let header_count = header_u32(delivery, DELIVERY_COUNT_HEADER).map(|n| n + 1);
-        let (attempts, cancel_requested) = match self.take_when_free(id, header_count).await {
+        let taken = self
+            .take_when_free(id, attempts_before.saturating_add(1))
+            .await;
+        let (attempts, cancel_requested) = match taken {
             Ok(Taken::Run {
                 attempts,
                 cancel_requested,
@@ -338,17 +345,19 @@ impl<E: TaskExecutor> Worker<E> {
                 .end_unrun(id, Ending::Cancelled, message.max_ticks)
                 .await;
         }
-        let delivery_number = attempts.max(header_count.unwrap_or(0));
         let max = self.config.max_deliveries;
-        if delivery_number > max {
-            let error = format!(
-                "gave up after {max} deliveries: the worker running the task died or gave it back each time"
-            );
-            tracing::warn!(%error, "the task ran out of deliveries");
-            return self
-                .end_unrun(id, Ending::Failed(error), message.max_ticks)
-                .await;
-        }
+        let (delivery_number, last) = match attempt(attempts, max) {
+            Attempt::Run { number, last } => (number, last),
+            Attempt::Exhausted => {
+                let error = format!(
+                    "gave up after {max} deliveries: the worker running the task died or gave it back each time"
+                );
+                tracing::warn!(%error, "the task ran out of deliveries");
+                return self
+                    .end_unrun(id, Ending::Failed(error), message.max_ticks)
+                    .await;
+            }
+        };
         // A task taken before resumes where its last stored tick left it.
         let (resume, tally) = match delivery_number {
             1 => (None, Tally::default()),
@@ -378,9 +387,7 @@ impl<E: TaskExecutor> Worker<E> {
             .execute(context, reporter, feed, cancelled, tally)
             .await;
         match ran.end {
-            RunEnd::Finished(Err(crate::ExecutionError::Retryable(error)))
-                if delivery_number < max =>
-            {
+            RunEnd::Finished(Err(crate::ExecutionError::Retryable(error))) if !last => {
                 let delay = (self.config.retry_delay * delivery_number).min(MAX_RETRY_DELAY);
                 tracing::warn!(%error, ?delay, "the task hit a retryable error; giving the message back");
                 tokio::select! {
@@ -435,19 +442,15 @@ impl<E: TaskExecutor> Worker<E> {
         }
     }
 
-    /// Takes the task; while another worker holds a live lease on it, waits (polling) up to the lease's
-    /// lifetime for that lease to lapse or the task to end, then gives up with [`Taken::Held`]. A
-    /// delivery met while draining is not held.
-    async fn take_when_free(
-        &self,
-        id: Uuid,
-        header_count: Option<u32>,
-    ) -> Result<Taken, StoreError> {
+    /// Takes the task (its `accepted` event numbering the attempt `attempt`); while another worker holds a
+    /// live lease on it, waits (polling) up to the lease's lifetime for that lease to lapse or the task to
+    /// end, then gives up with [`Taken::Held`]. A delivery met while draining is not held.
+    async fn take_when_free(&self, id: Uuid, attempt: u32) -> Result<Taken, StoreError> {
         let poll = self.config.status_interval.min(LEASE_POLL);
         // A lease seen at the start lapses within its lifetime unless renewed: hold a little longer.
         let until = Instant::now() + self.config.lease.lifetime + 2 * poll;
         loop {
-            let taken = self.take(id, header_count.unwrap_or(1)).await?;
+            let taken = self.take(id, attempt).await?;
             if !matches!(taken, Taken::Held) || Instant::now() + poll > until {
                 return Ok(taken);
             }
@@ -458,9 +461,10 @@ impl<E: TaskExecutor> Worker<E> {
         }
     }
 
-    /// The task `message` names, as its record has it (one round trip, Redis failures retried with backoff
-    /// for up to [`TAKE_DEADLINE`]). A message whose owner, mandate or `max_ticks` disagree with the record
-    /// is logged (WARN, naming the fields, not their values) and runs with the record's.
+    /// The task `message` names, as its record has it, and the deliveries workers took so far (one round
+    /// trip, Redis failures retried with backoff for up to [`TAKE_DEADLINE`]). A message whose owner,
+    /// mandate or `max_ticks` disagree with the record is logged (WARN, naming the fields, not their
+    /// values) and runs with the record's.
     async fn recorded(&self, message: TaskMessage) -> Result<Recorded, redis::RedisError> {
         let id = message.correlation_id;
         let deadline = Instant::now() + TAKE_DEADLINE;
@@ -472,6 +476,7 @@ impl<E: TaskExecutor> Worker<E> {
                 .arg(field::MANDATE)
                 .arg(field::MAX_TICKS)
                 .arg(field::CREATED_AT)
+                .arg(field::ATTEMPTS)
                 .query_async(&mut self.redis.clone())
                 .await;
             match read {
@@ -517,19 +522,23 @@ impl<E: TaskExecutor> Worker<E> {
         let created_at = created_at
             .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
             .map_or(message.created_at, |at| at.with_timezone(&chrono::Utc));
-        Ok(Recorded::Task(TaskMessage {
-            correlation_id: id,
-            mandate,
-            max_ticks,
-            owner,
-            created_at,
-        }))
+        let attempts = value(4).and_then(|n| n.parse().ok()).unwrap_or(0);
+        Ok(Recorded::Task {
+            message: TaskMessage {
+                correlation_id: id,
+                mandate,
+                max_ticks,
+                owner,
+                created_at,
+            },
+            attempts,
+        })
     }
 
     /// Moves the task to `accepted` (or re-takes it when a dead worker left it `in_progress`), counting
-    /// the attempt and logging an `accepted` event.
-    async fn take(&self, id: Uuid, delivery: u32) -> Result<Taken, StoreError> {
-        let event = NewEvent::new(EventKind::Accepted, &AcceptedEvent { attempt: delivery });
+    /// the attempt and logging an `accepted` event numbering it `attempt`.
+    async fn take(&self, id: Uuid, attempt: u32) -> Result<Taken, StoreError> {
+        let event = NewEvent::new(EventKind::Accepted, &AcceptedEvent { attempt });
         let accepted = Transition::to(Status::Accepted)
             .counting_attempt()
             .event(event.clone());
@@ -688,5 +697,83 @@ impl<E: TaskExecutor> Worker<E> {
             ..Tally::default()
         };
         (Some(resume), tally)
+    }
+}
+
+/// Which delivery of its task a taken delivery is, as the record counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// Run the task: delivery `number` (from 1); `last` when no later delivery may run it, so a
+    /// retryable failure fails the task rather than giving the message back.
+    Run { number: u32, last: bool },
+    /// Taken more often than `MAX_DELIVERIES`: the task is failed without running.
+    Exhausted,
+}
+
+/// The pure rule, from `attempts`, the record's count of deliveries taken (this one included), and
+/// `MAX_DELIVERIES`. Nothing a publisher writes into a message enters it.
+fn attempt(attempts: u32, max_deliveries: u32) -> Attempt {
+    let number = attempts.max(1);
+    if number > max_deliveries {
+        Attempt::Exhausted
+    } else {
+        Attempt::Run {
+            number,
+            last: number >= max_deliveries,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_runs_on_each_delivery_the_record_counts_up_to_the_limit_and_the_last_is_marked() {
+        assert_eq!(
+            attempt(1, 3),
+            Attempt::Run {
+                number: 1,
+                last: false
+            }
+        );
+        assert_eq!(
+            attempt(2, 3),
+            Attempt::Run {
+                number: 2,
+                last: false
+            }
+        );
+        assert_eq!(
+            attempt(3, 3),
+            Attempt::Run {
+                number: 3,
+                last: true
+            }
+        );
+        assert_eq!(
+            attempt(1, 1),
+            Attempt::Run {
+                number: 1,
+                last: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_task_taken_more_often_than_the_limit_is_out_of_deliveries() {
+        assert_eq!(attempt(4, 3), Attempt::Exhausted);
+        assert_eq!(attempt(u32::MAX, 3), Attempt::Exhausted);
+    }
+
+    #[test]
+    fn a_record_that_counts_no_take_still_makes_a_first_delivery() {
+        assert_eq!(
+            attempt(0, 3),
+            Attempt::Run {
+                number: 1,
+                last: false
+            }
+        );
     }
 }

@@ -8,7 +8,9 @@ use agent::{ExecutionError, TaskContext, TaskExecutor, TickReporter};
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use lapin::message::Delivery;
-use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use redis::aio::ConnectionManager;
@@ -304,7 +306,7 @@ impl TestEnv {
         })
     }
 
-    /// Deletes the test's queues and keys.
+    /// Deletes the test's queues, exchanges and keys.
     pub async fn cleanup(self) -> Result<()> {
         let channel = match self.channel.status().connected() {
             true => self.channel.clone(),
@@ -315,13 +317,14 @@ impl TestEnv {
                     .await?
             }
         };
-        for queue in [
-            self.topology.queue.clone(),
-            self.topology.dead_letter_queue(),
-            self.topology.parked_queue(),
-        ] {
+        for queue in self.topology.queues() {
             channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in self.topology.exchanges() {
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                 .await?;
         }
         let mut conn = self.redis.clone();

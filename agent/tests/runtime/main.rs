@@ -16,5 +16,6 @@ mod resume;
 mod steer;
 mod store;
 mod sweeper;
+mod topology;
 mod web;
 mod worker;

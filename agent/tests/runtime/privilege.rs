@@ -1,25 +1,25 @@
 //! The agent under least privilege: with the Redis and RabbitMQ users `docker/euglena-users.sh` gives it,
 //! a whole agent runs tasks to the end (ticks, checkpoints, events, refunds, cancellation, presence) and the
-//! sweeper fails and parks dead letters, while the gateway's keys, other queues and exchanges and other
-//! deployments' keys are refused. And a message names only its task: what runs, for whom and on what
-//! budget come from the task record the gateway wrote, whoever published the message.
+//! sweeper fails and parks dead letters, while the gateway's keys, other queues and exchanges, configuring
+//! the topology and other deployments' keys are refused, and an agent whose topology is missing stops at
+//! start-up. And a message names only its task: what runs, for whom and on what budget come from the task
+//! record the gateway wrote, whoever published the message.
 
 #[path = "../../../tests/src/privilege.rs"]
 #[allow(dead_code)]
 mod accounts;
 
 use crate::helpers::{OWNER, TestEnv, poll};
-use accounts::Accounts;
+use accounts::{Accounts, Published, configuration_allowed, is_access_refused, publish_as};
 use agent::sweeper::Sweeper;
 use agent::worker::{Handled, Stopping, Worker, WorkerConfig};
 use agent::{AgentSettings, Application, ExecutionError, Progress, TaskContext, TickReporter};
 use anyhow::{Context, Result};
 use lapin::options::{
-    BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use redis::aio::ConnectionManager;
 use shared::Status;
 use shared::api::TickEvent;
@@ -332,56 +332,117 @@ async fn privilege_the_agents_users_are_refused_the_gateways_keys_and_other_queu
         "{error}"
     );
 
-    // RabbitMQ: no exchange but the default one, no queue of its own choosing, no reading the parking
-    // queue (that is for operators).
+    // RabbitMQ: the agents publish only through the parking exchange, which reaches the parking queue
+    // alone: not through the default exchange (which reaches every queue), the gateway's exchange, the
+    // dead-letter exchange or any other. They configure nothing: no deleting, re-declaring, declaring or
+    // rebinding queues and exchanges. Nor may they read the parking queue (that is for operators).
     let amqp = Connection::connect(
         &accounts.agent.rabbitmq_url,
         ConnectionProperties::default(),
     )
     .await?;
-    let channel = amqp.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let topic = async {
-        channel
-            .basic_publish(
-                "amq.topic".into(),
-                "anything".into(),
-                BasicPublishOptions::default(),
-                b"{}",
-                BasicProperties::default(),
-            )
-            .await?
-            .await
+    let topology = &env.topology;
+    let (queue, dlq, parked) = (
+        topology.queue.as_str(),
+        topology.dead_letter_queue(),
+        topology.parked_queue(),
+    );
+    for (exchange, routing_key, expected) in [
+        ("", queue, Published::Refused),
+        ("", dlq.as_str(), Published::Refused),
+        ("", parked.as_str(), Published::Refused),
+        (&topology.input_exchange(), queue, Published::Refused),
+        (
+            &topology.dead_letter_exchange(),
+            dlq.as_str(),
+            Published::Refused,
+        ),
+        ("amq.direct", queue, Published::Refused),
+        ("amq.topic", "anything", Published::Refused),
+        (&topology.parking_exchange(), queue, Published::Unroutable),
+        (
+            &topology.parking_exchange(),
+            dlq.as_str(),
+            Published::Unroutable,
+        ),
+        (
+            &topology.parking_exchange(),
+            parked.as_str(),
+            Published::Routed,
+        ),
+    ] {
+        assert_eq!(
+            publish_as(&amqp, exchange, routing_key).await?,
+            expected,
+            "publishing to '{exchange}' with routing key '{routing_key}'"
+        );
     }
-    .await;
-    let error = topic.expect_err("publishing to amq.topic").to_string();
-    assert!(error.contains("ACCESS_REFUSED"), "{error}");
-    let declare = amqp
-        .create_channel()
-        .await?
-        .queue_declare(
-            format!("{}.elsewhere", env.topology.queue).as_str().into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect_err("declaring another queue")
-        .to_string();
-    assert!(declare.contains("ACCESS_REFUSED"), "{declare}");
+    assert_eq!(env.ready(queue).await?, 0, "nothing reached the task queue");
+    assert_eq!(env.ready(&dlq).await?, 0, "nothing reached the DLQ");
+    let allowed = configuration_allowed(&amqp, &topology.queues(), &topology.exchanges()).await?;
+    assert_eq!(allowed, Vec::<String>::new());
     let get = amqp
         .create_channel()
         .await?
-        .basic_get(
-            env.topology.parked_queue().as_str().into(),
-            BasicGetOptions::default(),
-        )
+        .basic_get(parked.as_str().into(), BasicGetOptions::default())
         .await
-        .expect_err("reading the parking queue")
-        .to_string();
-    assert!(get.contains("ACCESS_REFUSED"), "{get}");
+        .expect_err("reading the parking queue");
+    assert!(is_access_refused(&get), "{get}");
+    // The topology is whole after all that.
+    assert_eq!(
+        topology.ensure(&env.connection).await?,
+        shared::queue::Ensured::Present
+    );
     let _ = amqp.close(200, "done".into()).await;
+    drop(accounts);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn privilege_an_agent_whose_user_may_not_create_a_missing_topology_stops_at_start_up()
+-> Result<()> {
+    let env = TestEnv::new(3).await?;
+    // A deployment whose set-up never created this queue's topology.
+    let absent = shared::queue::Topology::new(format!("{}.absent", env.topology.queue), 3);
+    let accounts = Accounts::create(&env.prefix, &absent.queue).await?;
+    let mut vars = env.agent_env();
+    vars.insert("REDIS_URL".into(), accounts.agent.redis_url.clone());
+    vars.insert("RABBITMQ_URL".into(), accounts.agent.rabbitmq_url.clone());
+    vars.insert("AGENT_INPUT_QUEUE".into(), absent.queue.clone());
+    vars.insert("WORKER_ID".into(), format!("absent-{}", &env.prefix[5..13]));
+    let settings = AgentSettings::from_source(&Reader::new(vars))?;
+
+    let error = Application::build(settings, Recording::default())
+        .await
+        .err()
+        .context("an agent started without its topology")?
+        .to_string();
+
+    assert!(
+        error.contains(&format!(
+            "exchange '{}' does not exist",
+            absent.input_exchange()
+        )) && error.contains("may not create it")
+            && error.contains("ACCESS_REFUSED"),
+        "{error}"
+    );
+    // It created nothing.
+    for queue in absent.queues() {
+        let checked = env
+            .connection
+            .create_channel()
+            .await?
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        assert!(checked.is_err(), "{queue} exists");
+    }
     drop(accounts);
     env.cleanup().await
 }
@@ -414,9 +475,8 @@ async fn privilege_a_forged_message_runs_the_records_mandate_and_refunds_the_rec
     let env = TestEnv::new(3).await?;
     let accounts = Accounts::create(&env.prefix, &env.topology.queue).await?;
     let stored = env.store_task("ticks=2 as the owner asked", 10).await?;
-    // The default exchange reaches every queue (RabbitMQ checks `write` on the exchange only), so the
-    // agent's own credential can publish into the task queue: here a message naming the stored task but
-    // another owner, another mandate and a larger budget.
+    // Only the gateway's user may publish into the task queue (through its exchange); should it be
+    // misused, a message names the stored task but another owner, another mandate and a larger budget.
     let forged = TaskMessage {
         correlation_id: stored.correlation_id,
         mandate: "ticks=40 something else entirely".into(),
@@ -425,7 +485,7 @@ async fn privilege_a_forged_message_runs_the_records_mandate_and_refunds_the_rec
         created_at: chrono::Utc::now(),
     };
     let amqp = Connection::connect(
-        &accounts.agent.rabbitmq_url,
+        &accounts.gateway.rabbitmq_url,
         ConnectionProperties::default(),
     )
     .await?;

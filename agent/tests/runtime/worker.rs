@@ -2,7 +2,9 @@
 
 use crate::helpers::{FnExecutor, TestEnv, poll, result};
 use agent::executor::ExecutionError;
-use agent::worker::{Handled, Stopping};
+use agent::worker::{DELIVERY_COUNT_HEADER, Handled, Stopping};
+use lapin::options::BasicPublishOptions;
+use lapin::types::AMQPValue;
 use shared::Status;
 use shared::store::{Transition, transition};
 use std::sync::Arc;
@@ -235,9 +237,12 @@ async fn a_task_whose_workers_keep_dying_ends_failed_once_its_deliveries_are_exh
 -> anyhow::Result<()> {
     let env = TestEnv::new(2).await?;
     let id = env.create_task("ticks=1", 4).await?;
-    // Two workers die holding the message: the broker gets it back twice without an answer.
+    // Two workers take the task (the take counts the delivery in the record) and die holding the
+    // message: the broker gets it back twice without an answer.
     for _ in 0..2 {
         let delivery = env.next_delivery().await?;
+        env.advance(id, &[Transition::to(Status::Accepted).counting_attempt()])
+            .await?;
         delivery
             .acker
             .nack(lapin::options::BasicNackOptions {
@@ -259,6 +264,36 @@ async fn a_task_whose_workers_keep_dying_ends_failed_once_its_deliveries_are_exh
     assert_eq!(record.status, Status::Failed);
     assert_eq!(env.quota_used().await?, 0);
     assert_eq!(env.ready(&env.topology.queue).await?, 0);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn deliveries_no_worker_recorded_do_not_count_against_the_task() -> anyhow::Result<()> {
+    let env = TestEnv::new(2).await?;
+    let id = env.create_task("ticks=1", 4).await?;
+    // Two deliveries end before any worker stored its take (the broker counts them, the record does not).
+    for _ in 0..2 {
+        let delivery = env.next_delivery().await?;
+        delivery
+            .acker
+            .nack(lapin::options::BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await?;
+    }
+    let worker = env.worker(env.scripted("w").await?, Stopping::default());
+
+    let handled = worker.try_execute_task(env.next_delivery().await?).await;
+
+    // The broker's last delivery: the record counts it as the first, so the task runs (had this worker
+    // died too, the broker would dead-letter the message and the sweeper end the task).
+    assert_eq!(handled, Handled::Completed);
+    assert_eq!(env.runs(id).await?, 1);
+    let record = env.record(id).await?;
+    assert_eq!((record.status, record.attempts), (Status::Completed, 1));
+    assert_eq!(env.ready(&env.topology.queue).await?, 0);
+    assert_eq!(env.ready(&env.topology.dead_letter_queue()).await?, 0);
     env.cleanup().await
 }
 
@@ -413,6 +448,70 @@ async fn a_record_from_an_older_release_without_the_newer_fields_runs_and_is_ref
         2,
         "the three ticks not run are refunded"
     );
+    assert_eq!(env.ready(&env.topology.dead_letter_queue()).await?, 0);
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn a_forged_delivery_count_on_a_first_delivery_neither_fails_the_task_nor_runs_it_twice()
+-> anyhow::Result<()> {
+    let env = TestEnv::new(3).await?;
+    let message = env.store_task("ticks=2", 5).await?;
+    let id = message.correlation_id;
+    // Read as the broker's count, a header of `MAX_DELIVERIES` would make this the delivery after the
+    // last one, and the task would be failed without running.
+    let forged = i64::from(env.topology.max_deliveries);
+    let properties = shared::queue::message_properties(id, &shared::queue::Origin::default());
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(forged));
+    env.channel
+        .basic_publish(
+            env.topology.input_exchange().as_str().into(),
+            env.topology.queue.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &serde_json::to_vec(&message)?,
+            properties.with_headers(headers),
+        )
+        .await?
+        .await?;
+    let mut delivery = env.next_delivery().await?;
+    assert!(!delivery.redelivered);
+    // Whether the publisher's header reaches the consumer depends on the broker's version (RabbitMQ 3.10
+    // resets it to 0 on a quorum queue's first delivery; releases that only set it from the first
+    // redelivery on hand the publisher's value over): the worker is handed the forged value either way.
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(forged));
+    delivery.properties = delivery.properties.clone().with_headers(headers);
+    let worker = env.worker(env.scripted("w").await?, Stopping::default());
+
+    let handled = worker.try_execute_task(delivery).await;
+
+    assert_eq!(handled, Handled::Completed);
+    assert_eq!(env.runs(id).await?, 1, "run exactly once");
+    let record = env.record(id).await?;
+    assert_eq!((record.status, record.tick), (Status::Completed, 2));
+    assert_eq!(record.attempts, 1, "the record counts one delivery");
+    let events: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(env.keys.task_events(id))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut env.redis.clone())
+        .await?;
+    let accepted: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|(_, fields)| fields.get("type").map(String::as_str) == Some("accepted"))
+        .map(|(_, fields)| serde_json::from_str(&fields["data"]))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(accepted, [serde_json::json!({"attempt": 1})]);
+    assert_eq!(
+        env.quota_used().await?,
+        2,
+        "the three ticks not run are refunded"
+    );
+    assert_eq!(env.ready(&env.topology.queue).await?, 0, "acked");
     assert_eq!(env.ready(&env.topology.dead_letter_queue()).await?, 0);
     env.cleanup().await
 }

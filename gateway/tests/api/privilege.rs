@@ -1,20 +1,24 @@
 //! The gateway under least privilege: with the Redis and RabbitMQ users `docker/euglena-users.sh` gives
 //! it, every endpoint works (create with an idempotency key, read, list, follow while an agent user moves
 //! the task, cancel, delete, the fleet's figures), nothing it sends is refused, and what it does not need
-//! (consuming tasks, writing agents' presence, the sweep lock, other prefixes) is refused. The metrics
-//! sidecar's user reads the queue depths and the agents' presence, and nothing more.
+//! (consuming tasks, publishing anywhere but through its exchange, configuring or creating the topology,
+//! writing agents' presence, the sweep lock, other prefixes) is refused. The metrics sidecar's user reads
+//! the queue depths and the agents' presence, and nothing more.
 
 use crate::helpers::{
     TestApp, agent_accepts, agent_completes, agent_tick, eventually, spawn_app_with,
 };
-use euglena_tests::privilege::{ADMIN_MANAGEMENT_URL, Accounts, Definitions};
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use euglena_tests::privilege::{
+    ADMIN_MANAGEMENT_URL, Accounts, Definitions, Published, configuration_allowed,
+    is_access_refused, may_purge, publish_as,
+};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use reqwest::Method;
 use serde_json::{Value, json};
 use shared::Keys;
-use shared::queue::Topology;
+use shared::queue::{Topology, TopologyError};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -252,7 +256,7 @@ async fn privilege_the_gateways_users_cannot_consume_tasks_or_touch_what_agents_
             "{command:?} was allowed"
         );
     }
-    // It publishes tasks; it never takes one off the queue.
+    // It publishes tasks; it never takes one off the queue, or purges it.
     let amqp = Connection::connect(
         &accounts.gateway.rabbitmq_url,
         ConnectionProperties::default(),
@@ -265,13 +269,64 @@ async fn privilege_the_gateways_users_cannot_consume_tasks_or_touch_what_agents_
         .unwrap()
         .basic_get(app.queue.as_str().into(), BasicGetOptions::default())
         .await
-        .expect_err("consuming the task queue")
-        .to_string();
-    assert!(error.contains("ACCESS_REFUSED"), "{error}");
+        .expect_err("consuming the task queue");
+    assert!(is_access_refused(&error), "{error}");
+    assert!(!may_purge(&amqp, &app.queue).await.unwrap());
+    // It publishes through its exchange, which reaches the task queue and nothing else: not through the
+    // default exchange (which reaches every queue), the dead-letter or parking exchange, or any other.
+    let topology = Topology::new(app.queue.clone(), 3);
+    let (queue, dlq, parked) = (
+        topology.queue.as_str(),
+        topology.dead_letter_queue(),
+        topology.parked_queue(),
+    );
+    for (exchange, routing_key, expected) in [
+        ("", queue, Published::Refused),
+        ("", dlq.as_str(), Published::Refused),
+        ("", parked.as_str(), Published::Refused),
+        (
+            &topology.dead_letter_exchange(),
+            dlq.as_str(),
+            Published::Refused,
+        ),
+        (
+            &topology.parking_exchange(),
+            parked.as_str(),
+            Published::Refused,
+        ),
+        ("amq.direct", queue, Published::Refused),
+        ("amq.topic", "anything", Published::Refused),
+        (
+            &topology.input_exchange(),
+            dlq.as_str(),
+            Published::Unroutable,
+        ),
+        (
+            &topology.input_exchange(),
+            parked.as_str(),
+            Published::Unroutable,
+        ),
+        (&topology.input_exchange(), queue, Published::Routed),
+    ] {
+        assert_eq!(
+            publish_as(&amqp, exchange, routing_key).await.unwrap(),
+            expected,
+            "publishing to '{exchange}' with routing key '{routing_key}'"
+        );
+    }
+    let probe = app.next_message().await.expect("the routed probe");
+    assert_eq!(probe.delivery.data, b"{\"probe\": true}");
+    assert!(
+        app.next_message().await.is_none(),
+        "nothing else reached it"
+    );
+    // It configures nothing: no deleting, re-declaring, declaring or rebinding queues and exchanges.
+    let allowed = configuration_allowed(&amqp, &topology.queues(), &topology.exchanges())
+        .await
+        .unwrap();
+    assert_eq!(allowed, Vec::<String>::new());
     let _ = amqp.close(200, "done".into()).await;
-    // Nor can it create its task queue where the set-up has not: that takes `read` on the queue (it
-    // dead-letters through the default exchange), which is why the set-up or the agents declare it. The
-    // DLQ and the parking queue, which need only `configure`, it does create.
+    // Nor can it create a topology the set-up has not: it finds what is missing and stops there.
     let fresh = Topology::new(format!("{}-fresh", app.queue), 3);
     let users = Accounts::create(app.keys.prefix(), &fresh.queue)
         .await
@@ -280,15 +335,37 @@ async fn privilege_the_gateways_users_cannot_consume_tasks_or_touch_what_agents_
         .await
         .unwrap();
     let refused = fresh
-        .declare(&amqp.create_channel().await.unwrap())
+        .ensure(&amqp)
         .await
-        .expect_err("creating the task queue")
-        .to_string();
+        .expect_err("creating the topology");
     assert!(
-        refused.contains("ACCESS_REFUSED") && refused.contains(&format!("'{}'", fresh.queue)),
+        matches!(&refused, TopologyError::Missing { missing, refused }
+            if *missing == format!("exchange '{}'", fresh.input_exchange())
+                && refused.contains("ACCESS_REFUSED")),
         "{refused}"
     );
     let _ = amqp.close(200, "done".into()).await;
+    // It created nothing.
+    let admin = Connection::connect(
+        crate::helpers::RABBITMQ_URL,
+        ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    for queue in fresh.queues() {
+        let checked = admin
+            .create_channel()
+            .await
+            .unwrap()
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await;
+        assert!(checked.is_err(), "{queue} exists");
+    }
+    let _ = admin.close(200, "done".into()).await;
     euglena_tests::cleanup::remove_test_state(&fresh.queue, app.keys.prefix());
 }
 
@@ -392,25 +469,19 @@ async fn privilege_the_sidecars_users_read_depths_and_presence_and_nothing_more(
         .expect_err("consuming")
         .to_string();
     assert!(get.contains("ACCESS_REFUSED"), "{get}");
-    let publish = async {
-        let channel = amqp.create_channel().await?;
-        channel
-            .confirm_select(lapin::options::ConfirmSelectOptions::default())
-            .await?;
-        channel
-            .basic_publish(
-                "".into(),
-                app.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                b"{}",
-                BasicProperties::default(),
-            )
-            .await?
-            .await
+    let topology = Topology::new(app.queue.clone(), 3);
+    for exchange in ["".to_owned(), topology.input_exchange()] {
+        assert_eq!(
+            publish_as(&amqp, &exchange, &app.queue).await.unwrap(),
+            Published::Refused,
+            "publishing to '{exchange}'"
+        );
     }
-    .await;
-    let publish = publish.expect_err("publishing").to_string();
-    assert!(publish.contains("ACCESS_REFUSED"), "{publish}");
+    let allowed = configuration_allowed(&amqp, &topology.queues(), &topology.exchanges())
+        .await
+        .unwrap();
+    assert_eq!(allowed, Vec::<String>::new());
+    assert!(!may_purge(&amqp, &app.queue).await.unwrap());
     let users = http
         .get(format!("{ADMIN_MANAGEMENT_URL}/api/users"))
         .basic_auth(&accounts.sidecar.user, Some(&accounts.sidecar.password))
@@ -429,8 +500,8 @@ async fn privilege_the_sidecars_users_read_depths_and_presence_and_nothing_more(
 #[tokio::test]
 async fn privilege_a_broker_set_up_from_the_definitions_file_serves_a_restricted_gateway() {
     // As compose and the ECS `containers` layout set up their broker: the definitions file declares the
-    // queues and creates the users; nobody declared anything before. The gateway, which may not create the
-    // task queue, re-declares it with the arguments the file gave it, and publishes into it.
+    // topology and creates the users; nobody declared anything before. The gateway, which may not declare
+    // anything, finds the topology whole and publishes through its exchange.
     let id = Uuid::new_v4().simple().to_string();
     let prefix = format!("test:{id}:");
     let queue = format!("test.gateway.{id}");

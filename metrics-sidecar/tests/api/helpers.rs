@@ -8,7 +8,7 @@ use aws_sdk_cloudwatch::config::Credentials;
 use futures::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeleteOptions,
+    ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -225,13 +225,15 @@ pub async fn declare_queue(queue: &str) {
 
 pub async fn delete_queue(queue: &str) {
     let (connection, channel) = channel().await;
-    for name in [
-        queue.to_owned(),
-        format!("{queue}.dlq"),
-        format!("{queue}.dlq.parked"),
-    ] {
+    let topology = Topology::new(queue, 3);
+    for name in topology.queues() {
         let _ = channel
             .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for name in topology.exchanges() {
+        let _ = channel
+            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
             .await;
     }
     let _ = connection.close(200, "done".into()).await;

@@ -51,7 +51,7 @@ async fn privilege_a_gateway_and_an_agent_on_their_own_users_complete_a_task() {
     let id = Uuid::new_v4().simple().to_string();
     let prefix = format!("e2e:{id}:");
     let queue = format!("e2e.{id}");
-    // The broker's set-up declares the topology (the gateway may only re-declare it).
+    // The broker's set-up declares the topology (the components' users may not declare anything).
     let admin = Connection::connect(
         euglena_tests::cleanup::RABBITMQ_URL,
         ConnectionProperties::default(),
