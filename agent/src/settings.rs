@@ -50,7 +50,8 @@ pub struct MindSettings {
     /// The web search API (`SEARCH_API_URL`, `SEARCH_API_KEY`, `SEARCH_PROVIDER`); SEARCH reports that it is
     /// not configured when the URL is unset.
     pub search: Option<SearchSettings>,
-    /// The browser (`CHROMIUM_PATH`, `VISIT_TIMEOUT_SECONDS`, `VISIT_TEXT_CHARS`).
+    /// The browser (`CHROMIUM_PATH`, `VISIT_TIMEOUT_SECONDS`, `VISIT_TEXT_CHARS`, `BROWSER_MAX_TABS`,
+    /// `BROWSER_JS_HEAP_MB`).
     pub browser: BrowserSettings,
     /// `VISIT_ALLOWLIST`: hosts VISIT may reach even on private, loopback or link-local addresses.
     pub visit_allowlist: String,
@@ -140,6 +141,8 @@ impl MindSettings {
             chromium_path: PathBuf::from(reader.string_or("CHROMIUM_PATH", "/usr/bin/chromium")),
             page_load_timeout: reader.seconds("VISIT_TIMEOUT_SECONDS", 15.0, 0.5, 300.0)?,
             text_budget: reader.ranged("VISIT_TEXT_CHARS", 8_000, 100, 1_000_000)?,
+            max_tabs: reader.ranged("BROWSER_MAX_TABS", 4, 1, 64)?,
+            js_heap_mb: reader.ranged("BROWSER_JS_HEAP_MB", 512, 64, 4_096)?,
             ..BrowserSettings::default()
         };
         let memory = MemorySettings {

@@ -19,7 +19,7 @@ use super::helpers::Fixture;
 const JS_PAGE: &str = "<!doctype html><html><head><title>Fixture</title></head>\
     <body><p>static-text</p><script>document.body.innerText = 'rendered-' + (6*7)</script></body></html>";
 
-fn settings() -> BrowserSettings {
+pub(super) fn settings() -> BrowserSettings {
     BrowserSettings {
         chromium_path: std::env::var_os("CHROMIUM_PATH")
             .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from),
@@ -28,7 +28,7 @@ fn settings() -> BrowserSettings {
 }
 
 /// The fixture pages' host, allow-listed because it is loopback.
-fn loopback_allowed() -> VisitPolicy {
+pub(super) fn loopback_allowed() -> VisitPolicy {
     VisitPolicy::new(vec!["127.0.0.1".into()])
 }
 
@@ -101,7 +101,7 @@ async fn javascript_dialogs_are_dismissed_instead_of_blocking_the_tab() {
         started.elapsed() < Duration::from_secs(10),
         "the dialog stalled the load"
     );
-    // The same tab serves the next visit.
+    // The next visit of the session works (each visit has a tab of its own).
     assert_eq!(
         session.visit(&pages.url("/")).await.unwrap().text,
         "rendered-42"
