@@ -1,4 +1,4 @@
-//! Driving the local RabbitMQ node from tests that restart it (the `disruptive` ones).
+//! Driving the local RabbitMQ node: restarts and alarms for the `disruptive` tests, and queue depths.
 
 use std::process::Command;
 
@@ -19,6 +19,30 @@ pub fn rabbitmqctl_output(args: &[&str]) -> String {
         .expect("rabbitmqctl runs");
     assert!(output.status.success(), "rabbitmqctl {args:?} failed");
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Messages ready in `queue` on the local broker (not yet handed to a consumer), by a passive declare.
+pub async fn ready_messages(queue: &str) -> u32 {
+    let connection = lapin::Connection::connect(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("the local broker answers");
+    let channel = connection.create_channel().await.unwrap();
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("queue {queue}: {e}"));
+    let _ = connection.close(200, "done".into()).await;
+    declared.message_count()
 }
 
 /// A RabbitMQ memory alarm: while it is raised the broker stops reading from every connection that

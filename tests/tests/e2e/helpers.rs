@@ -272,6 +272,11 @@ impl Fleet {
         }
     }
 
+    /// Messages waiting in the fleet's task queue, not yet handed to an agent.
+    pub async fn queued_messages(&self) -> u32 {
+        euglena_tests::broker::ready_messages(&self.queue).await
+    }
+
     /// The ticks charged to `sub` today.
     pub async fn quota_used(&self, sub: &str) -> i64 {
         let keys = shared::keys::Keys::new(&self.key_prefix);
@@ -308,6 +313,11 @@ impl Fleet {
 
 impl AgentProcess {
     /// SIGKILL: the process gets no chance to clean up.
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the agent runs")
+    }
+
     pub async fn kill9(&mut self) {
         if self.child.try_wait().unwrap().is_none() {
             self.child.kill().await.unwrap();

@@ -2,6 +2,7 @@
 //! model and search API standing in for the LLM and the web search engine.
 
 mod browser;
+mod capacity;
 mod dashboard;
 mod durable;
 mod helpers;
