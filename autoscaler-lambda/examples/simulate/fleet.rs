@@ -343,7 +343,16 @@ mod tests {
     #[test]
     fn a_worker_short_of_cpu_slows_its_tasks_down() {
         let tasks = trace(42);
-        let roomy = simulate(Kind::Ours, policy(8), agent(8), &tasks, 42);
+        let roomy = simulate(
+            Kind::Ours,
+            policy(8),
+            Agent {
+                cpu_seconds_per_tick: 0.05,
+                ..agent(8)
+            },
+            &tasks,
+            42,
+        );
         let starved = simulate(
             Kind::Ours,
             policy(8),

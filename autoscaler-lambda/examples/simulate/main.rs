@@ -7,7 +7,7 @@
 //! cargo test -p autoscaler-lambda --examples
 //! ```
 //!
-//! Defaults: seed 42, 11 workers at most, C = 8 tasks per agent on 1 vCPU / 4 GB. The table has a row for
+//! Defaults: seed 42, 11 workers at most, C = 8 tasks per agent on 1 vCPU / 3 GB (the ECS agent task). The table has a row for
 //! the seed's policy at one task per agent (1 vCPU / 3 GB, `TARGET_MESSAGES_PER_WORKER=1`), ours at one task
 //! per agent (same size and target), and ours at C = 2, 4, 8, 16 and the chosen C with
 //! `TARGET_MESSAGES_PER_WORKER = C` on the chosen size, so the cost-versus-C curve shows. A sweep value whose
@@ -158,7 +158,7 @@ fn try_main() -> Result<(), String> {
     let chosen: u32 = arg("--concurrency", 8)?;
     let size = AgentSize {
         vcpu: arg("--vcpu", 1.0)?,
-        memory_gb: arg("--memory-gb", 4.0)?,
+        memory_gb: arg("--memory-gb", 3.0)?,
     };
     let policy = Policy {
         target_per_worker: 1,

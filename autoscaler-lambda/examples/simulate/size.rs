@@ -115,26 +115,26 @@ mod tests {
 
     #[test]
     fn eight_tasks_fit_one_vcpu_with_four_gb() {
-        // 600 + 8 x 250 = 2600 MB of 3686 MB usable.
+        // 2582 + 8 x 15 = 2702 MB of 3686 MB usable.
         assert_eq!(check(ONE_BY_FOUR, 8), Ok(()));
     }
 
     #[test]
     fn tasks_that_overflow_the_memory_are_refused_with_the_figures() {
-        // 600 + 16 x 250 = 4600 MB > 4 x 1024 x 0.9 = 3686.4 MB.
-        let error = check(ONE_BY_FOUR, 16).expect_err("16 tasks need 4600 MB");
+        // 2582 + 80 x 15 = 3782 MB > 4 x 1024 x 0.9 = 3686.4 MB.
+        let error = check(ONE_BY_FOUR, 80).expect_err("80 tasks need 3782 MB");
         assert_eq!(
             error,
             SizeError::DoesNotFit {
                 size: ONE_BY_FOUR,
-                concurrency: 16,
-                needed_mb: 4600.0,
+                concurrency: 80,
+                needed_mb: 3782.0,
                 usable_mb: 4.0 * 1024.0 * 0.9,
             }
         );
         let message = error.to_string();
         assert!(
-            message.contains("4600 MB") && message.contains("3686 MB usable"),
+            message.contains("3782 MB") && message.contains("3686 MB usable"),
             "{message}"
         );
     }
@@ -155,15 +155,15 @@ mod tests {
 
     #[test]
     fn the_smallest_fitting_size_is_the_first_memory_step_that_holds_the_tasks() {
-        // 4600 MB needs 5 GB (4608 MB usable).
+        // 2582 + 16 x 15 = 2822 MB needs 4 GB (3686 MB usable; 3 GB gives 2765).
         assert_eq!(
             smallest_fitting(1.0, 16),
             Some(AgentSize {
                 vcpu: 1.0,
-                memory_gb: 5.0
+                memory_gb: 4.0
             })
         );
-        // 600 + 40 x 250 = 10600 MB: more than 8 GB x 0.9, the most 1 vCPU gets.
-        assert_eq!(smallest_fitting(1.0, 40), None);
+        // 2582 + 400 x 15 = 8582 MB: more than 8 GB x 0.9, the most 1 vCPU gets.
+        assert_eq!(smallest_fitting(1.0, 400), None);
     }
 }
