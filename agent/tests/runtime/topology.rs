@@ -69,26 +69,7 @@ async fn a_missing_topology_is_declared_whole_and_an_existing_one_only_checked()
     // Published through its exchange, a task reaches the task queue; rejected, it reaches the DLQ through
     // the dead-letter exchange.
     let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let confirm = topology
-        .publish(&channel, &message(), &Origin::default())
-        .await?
-        .await?;
-    assert!(matches!(confirm, Confirmation::Ack(None)), "routed");
-    let got = channel
-        .basic_get(topology.queue.as_str().into(), BasicGetOptions::default())
-        .await?
-        .expect("the task is in the task queue");
-    got.delivery
-        .reject(BasicRejectOptions { requeue: false })
-        .await?;
-    let dlq = topology.dead_letter_queue();
-    poll(Duration::from_secs(5), || async {
-        Ok((ready(&connection, &dlq).await? == 1).then_some(()))
-    })
-    .await?;
+    publish_then_dead_letter(&connection, &channel, &topology).await?;
     remove(&connection, &topology).await
 }
 
@@ -119,26 +100,7 @@ async fn a_task_queue_of_an_earlier_release_is_kept_and_keeps_dead_lettering() -
     );
     assert_eq!(topology.ensure(&connection).await?, Ensured::Present);
 
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let confirm = topology
-        .publish(&channel, &message(), &Origin::default())
-        .await?
-        .await?;
-    assert!(matches!(confirm, Confirmation::Ack(None)), "routed");
-    let got = channel
-        .basic_get(topology.queue.as_str().into(), BasicGetOptions::default())
-        .await?
-        .expect("the task is in the task queue");
-    got.delivery
-        .reject(BasicRejectOptions { requeue: false })
-        .await?;
-    let dlq = topology.dead_letter_queue();
-    poll(Duration::from_secs(5), || async {
-        Ok((ready(&connection, &dlq).await? == 1).then_some(()))
-    })
-    .await?;
+    publish_then_dead_letter(&connection, &channel, &topology).await?;
 
     // A delivery limit other than the queue's is refused when the topology is declared, as it always
     // was (here a missing exchange makes it declare).
@@ -159,4 +121,34 @@ async fn a_task_queue_of_an_earlier_release_is_kept_and_keeps_dead_lettering() -
         "{refused}"
     );
     remove(&connection, &topology).await
+}
+
+/// Publishes a task through the topology (the broker confirms it routed), takes it from the task queue and
+/// rejects it, then waits until it is in the DLQ.
+async fn publish_then_dead_letter(
+    connection: &Connection,
+    channel: &lapin::Channel,
+    topology: &Topology,
+) -> Result<()> {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let confirm = topology
+        .publish(channel, &message(), &Origin::default())
+        .await?
+        .await?;
+    assert!(matches!(confirm, Confirmation::Ack(None)), "routed");
+    let got = channel
+        .basic_get(topology.queue.as_str().into(), BasicGetOptions::default())
+        .await?
+        .expect("the task is in the task queue");
+    got.delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await?;
+    let dlq = topology.dead_letter_queue();
+    poll(Duration::from_secs(5), || async {
+        Ok((ready(connection, &dlq).await? == 1).then_some(()))
+    })
+    .await?;
+    Ok(())
 }
