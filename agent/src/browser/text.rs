@@ -131,7 +131,9 @@ impl TokenSink for TextSink {
                     return raw.map_or(TokenSinkResult::Continue, TokenSinkResult::RawData);
                 }
                 if BLOCKS.contains(&name) {
-                    state.text.push('\n');
+                    if !state.text.ends_with('\n') {
+                        state.text.push('\n');
+                    }
                 } else if start && matches!(name, "td" | "th") {
                     state.text.push('\t');
                 }
