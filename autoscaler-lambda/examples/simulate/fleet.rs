@@ -15,10 +15,10 @@ pub const SAMPLE_EVERY: u64 = 10;
 /// Agent CPU one tick of a task costs (prompt building, parsing, browser work between model calls),
 /// seconds.
 ///
-/// From `bench/footprint.sh` (2026-12-03, 2 cores): 0.36 CPU seconds per tick for the agent and its
+/// From `bench/footprint.sh` (2026-12-03, 2 cores): 0.33 CPU seconds per tick for the agent and its
 /// Chromium together at 1-16 tasks in hand, with four of a task's nine ticks visiting a JavaScript page;
 /// Chromium took 97% of it (opening a tab and its renderer, loading the page), the agent 8-12 ms.
-pub const CPU_SECONDS_PER_TICK: f64 = 0.36;
+pub const CPU_SECONDS_PER_TICK: f64 = 0.33;
 
 /// Remaining work below this counts as done (processor sharing leaves fractions behind).
 const DONE_EPSILON: f64 = 1e-9;

@@ -3,16 +3,16 @@
 use std::fmt;
 
 /// Memory the agent process and its Chromium hold with no task in hand, MB, plus the worst a hostile
-/// page can add before its renderer is stopped: `bench/footprint.sh` measured 534 MiB PSS at rest (the
+/// page can add before its renderer is stopped: `bench/footprint.sh` measured 345 MiB PSS at rest (the
 /// intercept of its fit over 1-16 tasks, 2026-12-03, 2 cores), and each of the `BROWSER_MAX_TABS` = 4
 /// tabs may grow to its V8 heap limit (`BROWSER_JS_HEAP_MB` = 512) before it crashes.
-pub const MEMORY_BASE_MB: f64 = 534.0 + 4.0 * 512.0;
+pub const MEMORY_BASE_MB: f64 = 345.0 + 4.0 * 512.0;
 
 /// Memory each task in hand adds (its browser page, context and buffers), MB.
 ///
 /// From `bench/footprint.sh` (2026-12-03): the slope of peak PSS over 1-16 tasks in hand, each visiting
-/// JavaScript pages and using memory, was 14.8 MiB per task.
-pub const MEMORY_PER_TASK_MB: f64 = 15.0;
+/// JavaScript pages and using memory, was 18.2 MiB per task.
+pub const MEMORY_PER_TASK_MB: f64 = 18.0;
 
 /// The share of the task's memory a plan may fill; the rest is headroom for spikes and the runtime.
 pub const MEMORY_USABLE_SHARE: f64 = 0.9;
@@ -115,26 +115,26 @@ mod tests {
 
     #[test]
     fn eight_tasks_fit_one_vcpu_with_four_gb() {
-        // 2582 + 8 x 15 = 2702 MB of 3686 MB usable.
+        // 2393 + 8 x 18 = 2537 MB of 3686 MB usable.
         assert_eq!(check(ONE_BY_FOUR, 8), Ok(()));
     }
 
     #[test]
     fn tasks_that_overflow_the_memory_are_refused_with_the_figures() {
-        // 2582 + 80 x 15 = 3782 MB > 4 x 1024 x 0.9 = 3686.4 MB.
-        let error = check(ONE_BY_FOUR, 80).expect_err("80 tasks need 3782 MB");
+        // 2393 + 80 x 18 = 3833 MB > 4 x 1024 x 0.9 = 3686.4 MB.
+        let error = check(ONE_BY_FOUR, 80).expect_err("80 tasks need 3833 MB");
         assert_eq!(
             error,
             SizeError::DoesNotFit {
                 size: ONE_BY_FOUR,
                 concurrency: 80,
-                needed_mb: 3782.0,
+                needed_mb: 3833.0,
                 usable_mb: 4.0 * 1024.0 * 0.9,
             }
         );
         let message = error.to_string();
         assert!(
-            message.contains("3782 MB") && message.contains("3686 MB usable"),
+            message.contains("3833 MB") && message.contains("3686 MB usable"),
             "{message}"
         );
     }
@@ -155,15 +155,15 @@ mod tests {
 
     #[test]
     fn the_smallest_fitting_size_is_the_first_memory_step_that_holds_the_tasks() {
-        // 2582 + 16 x 15 = 2822 MB needs 4 GB (3686 MB usable; 3 GB gives 2765).
+        // 2393 + 24 x 18 = 2825 MB needs 4 GB (3686 MB usable; 3 GB gives 2765).
         assert_eq!(
-            smallest_fitting(1.0, 16),
+            smallest_fitting(1.0, 24),
             Some(AgentSize {
                 vcpu: 1.0,
                 memory_gb: 4.0
             })
         );
-        // 2582 + 400 x 15 = 8582 MB: more than 8 GB x 0.9, the most 1 vCPU gets.
+        // 2393 + 400 x 18 = 9593 MB: more than 8 GB x 0.9, the most 1 vCPU gets.
         assert_eq!(smallest_fitting(1.0, 400), None);
     }
 }
