@@ -36,7 +36,6 @@
 use chrono::{DateTime, Utc};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
@@ -45,7 +44,7 @@ use redis::aio::ConnectionManager;
 use secrecy::SecretString;
 use shared::Keys;
 use shared::Status;
-use shared::queue::{parked_queue_of, parking_exchange_of};
+use shared::queue::{parked_queue_of, parking_exchange_of, ready_messages};
 use shared::store::{StoreError, Transition, transition};
 use shared::task::{TaskMessage, TaskResult, field};
 use std::time::Duration;
@@ -214,13 +213,13 @@ impl Sweeper {
 
     async fn sweep_on(&self, connection: &Connection) -> Result<SweepReport, SweepError> {
         let channel = connection.create_channel().await?;
-        let depth = message_count(&channel, &self.dead_letter_queue).await?;
+        let depth = ready_messages(&channel, &self.dead_letter_queue).await?;
         let mut report = SweepReport::default();
         if depth == 0 {
             return Ok(report);
         }
         // Fails (NOT_FOUND) before anything is read when the topology was never declared.
-        message_count(&channel, &self.parked_queue()).await?;
+        ready_messages(&channel, &self.parked_queue()).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
@@ -491,21 +490,6 @@ async fn settle(
         });
     }
     Ok(())
-}
-
-/// Messages ready in `queue` (a passive declare: fails when the queue does not exist).
-async fn message_count(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
-    Ok(channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
-        .message_count())
 }
 
 /// What the sweeper does with one dead-lettered task.

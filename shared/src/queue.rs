@@ -47,6 +47,22 @@ pub fn parking_exchange_of(dead_letter_queue: &str) -> String {
     format!("{dead_letter_queue}.parking")
 }
 
+/// Messages ready in `queue` (not handed to a consumer), by a passive declare: needs no permission and fails
+/// when the queue does not exist.
+pub async fn ready_messages(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    Ok(channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count())
+}
+
 /// `ACCESS_REFUSED`: the user lacks the permission the operation needs.
 pub const ACCESS_REFUSED: u16 = 403;
 /// `NOT_FOUND`: the exchange or queue does not exist.

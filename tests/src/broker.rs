@@ -30,19 +30,11 @@ pub async fn ready_messages(queue: &str) -> u32 {
     .await
     .expect("the local broker answers");
     let channel = connection.create_channel().await.unwrap();
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
+    let ready = shared::queue::ready_messages(&channel, queue)
         .await
         .unwrap_or_else(|e| panic!("queue {queue}: {e}"));
     let _ = connection.close(200, "done".into()).await;
-    declared.message_count()
+    ready
 }
 
 /// A RabbitMQ memory alarm: while it is raised the broker stops reading from every connection that

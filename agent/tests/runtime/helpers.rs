@@ -8,10 +8,7 @@ use agent::{ExecutionError, TaskContext, TaskExecutor, TickReporter};
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use redis::aio::ConnectionManager;
 use shared::Keys;
@@ -186,18 +183,7 @@ impl TestEnv {
 
     /// Messages ready in `queue`.
     pub async fn ready(&self, queue: &str) -> Result<u32> {
-        let declared = self
-            .channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(declared.message_count())
+        Ok(shared::queue::ready_messages(&self.channel, queue).await?)
     }
 
     /// Waits until `queue` holds `count` ready messages.

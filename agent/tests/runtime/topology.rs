@@ -33,19 +33,8 @@ async fn remove(connection: &Connection, topology: &Topology) -> Result<()> {
 }
 
 async fn ready(connection: &Connection, queue: &str) -> Result<u32> {
-    let declared = connection
-        .create_channel()
-        .await?
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(declared.message_count())
+    let channel = connection.create_channel().await?;
+    Ok(shared::queue::ready_messages(&channel, queue).await?)
 }
 
 fn message() -> TaskMessage {
