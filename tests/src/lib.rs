@@ -5,6 +5,7 @@
 //! search engine. Everything else in the tests is real (Redis, RabbitMQ, Chromium, the AWS emulator).
 
 pub mod broker;
+pub mod chromium;
 pub mod cleanup;
 pub mod model;
 pub mod otlp;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
+use euglena_tests::chromium::renderers_of;
 use euglena_tests::model::Reply;
 use serde_json::json;
 
@@ -16,40 +17,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 const IN_HAND: usize = 16;
 const TASKS: usize = 20;
 const TABS: usize = 2;
-
-/// The renderer processes descending from `ancestor`, found in `/proc`.
-fn renderers_under(ancestor: u32) -> usize {
-    let parent_of = |pid: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if !String::from_utf8_lossy(&cmdline).contains("--type=renderer") {
-                return false;
-            }
-            let mut at = pid;
-            for _ in 0..16 {
-                match parent_of(at) {
-                    Some(parent) if parent == ancestor => return true,
-                    Some(parent) if parent > 1 => at = parent,
-                    _ => return false,
-                }
-            }
-            false
-        })
-        .count()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_holding_sixteen_tasks_keeps_its_tab_limit_and_leaves_the_rest_queued() {
@@ -107,7 +74,7 @@ async fn an_agent_holding_sixteen_tasks_keeps_its_tab_limit_and_leaves_the_rest_
         if running >= IN_HAND {
             queued_while_full = queued_while_full.max(queued);
         }
-        most_renderers = most_renderers.max(renderers_under(agent.pid()));
+        most_renderers = most_renderers.max(renderers_of(agent.pid()).len());
         if terminal == TASKS {
             break;
         }

@@ -12,7 +12,8 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 
-use super::helpers::{Fixture, renderers_of};
+use super::chromium::renderers_of;
+use super::helpers::Fixture;
 use super::visit::{loopback_allowed, settings};
 
 const PLAIN: &str = "<body><script>document.body.innerText = 'plain-' + (6*7)</script></body>";

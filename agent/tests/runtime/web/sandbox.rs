@@ -8,7 +8,8 @@ use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
 
-use super::helpers::{Fixture, renderers_of};
+use super::chromium::renderers_of;
+use super::helpers::Fixture;
 use super::visit::{loopback_allowed, settings};
 
 /// Marks the child run, so the ignored half runs only when the parent starts it.
