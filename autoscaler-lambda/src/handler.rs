@@ -45,9 +45,11 @@ pub async fn decide_and_apply<C: Cloud>(
     settings: &Settings,
     now: i64,
 ) -> Result<Decision, AutoscaleError> {
+    // The stabilisation window, and the idle span a scale to zero must see whole.
     let lookback = settings
         .policy
         .stabilization_seconds
+        .max(settings.policy.scale_to_zero_after_seconds)
         .max(MIN_LOOKBACK_SECONDS);
     let start = now - i64::try_from(lookback).unwrap_or(i64::MAX / 2);
     let end = now + i64::from(PERIOD_SECONDS);
@@ -156,6 +158,7 @@ mod tests {
                 min_workers: 1,
                 max_workers: 11,
                 stabilization_seconds: 300,
+                scale_to_zero_after_seconds: 0,
             },
             dry_run,
         }
@@ -224,6 +227,10 @@ mod tests {
         long.policy.stabilization_seconds = 0;
         decide_and_apply(&cloud, &long, NOW).await.unwrap();
         assert_eq!(*cloud.asked.lock().unwrap(), Some((NOW - 300, NOW + 60)));
+        // A scale to zero must see its whole idle span.
+        long.policy.scale_to_zero_after_seconds = 1800;
+        decide_and_apply(&cloud, &long, NOW).await.unwrap();
+        assert_eq!(*cloud.asked.lock().unwrap(), Some((NOW - 1800, NOW + 60)));
     }
 
     #[tokio::test]

@@ -8,6 +8,15 @@ use shared::settings::{Reader, SettingsError, Source};
 /// The default CloudWatch namespace the sidecar puts into.
 pub const DEFAULT_NAMESPACE: &str = "Euglena/RabbitMQ";
 
+/// `SCALE_TO_ZERO_AFTER_SECONDS` by default: a fleet idle for 15 minutes sleeps until the next task.
+pub const DEFAULT_SCALE_TO_ZERO_AFTER_SECONDS: u64 = 900;
+
+/// The shortest idle span accepted before the fleet may sleep (0 turns sleeping off). Shorter spans would
+/// put the fleet to sleep between the tasks of a slow trickle, so each would pay a worker's start-up; and
+/// the agents sweep the dead-letter queue every minute, so ten quiet minutes leave it swept before the last
+/// agent stops.
+pub const MIN_SCALE_TO_ZERO_AFTER_SECONDS: u64 = 600;
+
 /// Everything one decision needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -19,7 +28,8 @@ pub struct Settings {
     pub queue: String,
     /// `METRICS_NAMESPACE` (default `Euglena/RabbitMQ`): where the sidecar puts the metrics.
     pub namespace: String,
-    /// `TARGET_MESSAGES_PER_WORKER`, `MIN_WORKERS`, `MAX_WORKERS`, `SCALE_IN_STABILIZATION_SECONDS`.
+    /// `TARGET_MESSAGES_PER_WORKER`, `MIN_WORKERS`, `MAX_WORKERS`, `SCALE_IN_STABILIZATION_SECONDS`,
+    /// `SCALE_TO_ZERO_AFTER_SECONDS`.
     pub policy: Policy,
     /// `DRY_RUN`: decide and log, but never call UpdateService.
     pub dry_run: bool,
@@ -37,7 +47,8 @@ impl Settings {
     /// Reads the settings from `reader`.
     ///
     /// # Errors
-    /// [`SettingsError`] naming the first missing or invalid variable, or `MIN_WORKERS` above `MAX_WORKERS`.
+    /// [`SettingsError`] naming the first missing or invalid variable, `MIN_WORKERS` above `MAX_WORKERS`, or
+    /// `SCALE_TO_ZERO_AFTER_SECONDS` other than 0 below [`MIN_SCALE_TO_ZERO_AFTER_SECONDS`].
     pub fn from_source<S: Source>(reader: &Reader<S>) -> Result<Self, SettingsError> {
         let cluster = reader
             .optional("ECS_CLUSTER")
@@ -57,6 +68,21 @@ impl Settings {
                 reason: format!("must not exceed MAX_WORKERS ({min_workers} > {max_workers})"),
             });
         }
+        let scale_to_zero_after_seconds = reader.ranged(
+            "SCALE_TO_ZERO_AFTER_SECONDS",
+            DEFAULT_SCALE_TO_ZERO_AFTER_SECONDS,
+            0,
+            86_400,
+        )?;
+        if (1..MIN_SCALE_TO_ZERO_AFTER_SECONDS).contains(&scale_to_zero_after_seconds) {
+            return Err(SettingsError::Invalid {
+                name: "SCALE_TO_ZERO_AFTER_SECONDS",
+                reason: format!(
+                    "must be 0 (never scale to zero) or at least {MIN_SCALE_TO_ZERO_AFTER_SECONDS}, got \
+                     {scale_to_zero_after_seconds}"
+                ),
+            });
+        }
         let policy = Policy {
             target_per_worker: reader.ranged("TARGET_MESSAGES_PER_WORKER", 1_u32, 1, 10_000)?,
             min_workers,
@@ -67,6 +93,7 @@ impl Settings {
                 0,
                 86_400,
             )?,
+            scale_to_zero_after_seconds,
         };
         Ok(Self {
             cluster,
@@ -101,6 +128,7 @@ mod tests {
                 min_workers: 1,
                 max_workers: 11,
                 stabilization_seconds: 300,
+                scale_to_zero_after_seconds: 900,
             }
         );
         assert!(!settings.dry_run);
@@ -140,6 +168,7 @@ mod tests {
             ("MIN_WORKERS", "0"),
             ("MAX_WORKERS", "40"),
             ("SCALE_IN_STABILIZATION_SECONDS", "600"),
+            ("SCALE_TO_ZERO_AFTER_SECONDS", "3600"),
             ("DRY_RUN", "true"),
         ])
         .unwrap();
@@ -148,7 +177,21 @@ mod tests {
         assert_eq!(settings.policy.min_workers, 0);
         assert_eq!(settings.policy.max_workers, 40);
         assert_eq!(settings.policy.stabilization_seconds, 600);
+        assert_eq!(settings.policy.scale_to_zero_after_seconds, 3600);
         assert!(settings.dry_run);
+    }
+
+    #[test]
+    fn scaling_to_zero_is_either_off_or_after_ten_minutes_at_least() {
+        let off = load(&[("SCALE_TO_ZERO_AFTER_SECONDS", "0")]).unwrap();
+        assert_eq!(off.policy.scale_to_zero_after_seconds, 0);
+        let error = load(&[("SCALE_TO_ZERO_AFTER_SECONDS", "120")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "SCALE_TO_ZERO_AFTER_SECONDS is invalid: must be 0 (never scale to zero) or at least 600, got 120"
+        );
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub struct Outcome {
     pub completed: usize,
     /// The highest CPU demand one worker's tasks put on it, vCPU.
     pub peak_cpu_demand: f64,
+    /// Times the fleet was scaled out from zero workers.
+    pub wakes: u32,
+    /// Queue waits in seconds of the tasks that arrived while no worker was serving, in arrival order.
+    pub cold_waits: Vec<u64>,
 }
 
 /// The speed each task on a worker runs at, as a share of its uncontended speed, when its tasks together
@@ -135,10 +139,14 @@ pub fn simulate(kind: Kind, policy: Policy, agent: Agent, tasks: &[Task], seed: 
         lost_work_seconds: 0,
         completed: 0,
         peak_cpu_demand: 0.0,
+        wakes: 0,
+        cold_waits: Vec::new(),
     };
+    let mut arrived_cold = vec![false; tasks.len()];
 
     for t in 0..HORIZON {
         while next_arrival < tasks.len() && tasks[next_arrival].arrival <= t {
+            arrived_cold[next_arrival] = !workers.iter().any(|w| w.serving_from <= t);
             queue.push_back(next_arrival);
             next_arrival += 1;
         }
@@ -191,7 +199,12 @@ pub fn simulate(kind: Kind, policy: Policy, agent: Agent, tasks: &[Task], seed: 
         }
 
         if t > 0 && t % LAMBDA_EVERY == 0 {
-            let window_start = t.saturating_sub(policy.stabilization_seconds.max(300)) as i64;
+            // What the Lambda reads: its stabilisation window, at least 5 minutes, and the idle span.
+            let lookback = policy
+                .stabilization_seconds
+                .max(300)
+                .max(policy.scale_to_zero_after_seconds);
+            let window_start = t.saturating_sub(lookback) as i64;
             let first = samples.partition_point(|s| s.at < window_start);
             let window = &samples[first..];
             let next = match kind {
@@ -205,6 +218,9 @@ pub fn simulate(kind: Kind, policy: Policy, agent: Agent, tasks: &[Task], seed: 
             };
             if next < busy_workers {
                 outcome.decisions_below_busy += 1;
+            }
+            if desired == 0 && next > 0 {
+                outcome.wakes += 1;
             }
             desired = next;
         }
@@ -264,6 +280,12 @@ pub fn simulate(kind: Kind, policy: Policy, agent: Agent, tasks: &[Task], seed: 
         .zip(&progress)
         .map(|(task, p)| p.last_start.unwrap_or(HORIZON) - task.arrival)
         .collect();
+    outcome.cold_waits = outcome
+        .waits
+        .iter()
+        .zip(&arrived_cold)
+        .filter_map(|(&wait, &cold)| cold.then_some(wait))
+        .collect();
     outcome.waits.sort_unstable();
     outcome.completed = progress.iter().filter(|p| p.done_at.is_some()).count();
     outcome
@@ -280,6 +302,7 @@ mod tests {
             min_workers: 1,
             max_workers: 11,
             stabilization_seconds: 300,
+            scale_to_zero_after_seconds: 0,
         }
     }
 
@@ -323,8 +346,12 @@ mod tests {
     #[test]
     fn ours_never_stops_a_busy_worker() {
         let tasks = trace(42);
+        let sleepy = |target| Policy {
+            scale_to_zero_after_seconds: 900,
+            ..policy(target)
+        };
         for (concurrency, target) in [(1, 1), (8, 8), (16, 16)] {
-            let outcome = simulate(Kind::Ours, policy(target), agent(concurrency), &tasks, 42);
+            let outcome = simulate(Kind::Ours, sleepy(target), agent(concurrency), &tasks, 42);
             assert_eq!(outcome.busy_workers_stopped, 0, "C={concurrency}");
             assert_eq!(outcome.completed, tasks.len(), "C={concurrency}");
         }
@@ -374,5 +401,43 @@ mod tests {
         assert!(outcome.billed_worker_seconds >= outcome.worker_seconds);
         // The one-minute minimum adds at most a minute per worker launched, far less than the total.
         assert!(outcome.billed_worker_seconds < outcome.worker_seconds + 60 * 200);
+    }
+
+    #[test]
+    fn an_idle_fleet_sleeps_and_the_next_task_wakes_it() {
+        // One task at the start, a second an hour later, then nothing.
+        let task = |arrival| Task {
+            arrival,
+            duration: 120,
+            ticks: 60,
+        };
+        let tasks = [task(300), task(3600)];
+        let always_on = simulate(Kind::Ours, policy(8), agent(8), &tasks, 7);
+        let sleepy = Policy {
+            scale_to_zero_after_seconds: 900,
+            ..policy(8)
+        };
+        let sleeping = simulate(Kind::Ours, sleepy, agent(8), &tasks, 7);
+
+        assert_eq!(always_on.completed, 2);
+        assert_eq!(sleeping.completed, 2);
+        assert_eq!(
+            always_on.worker_seconds, HORIZON,
+            "one worker the whole run"
+        );
+        assert_eq!((always_on.wakes, sleeping.wakes), (0, 1));
+        // Awake from the start until 15 idle minutes after the first task, then from the wake-up until 15
+        // idle minutes after the second: well under an hour in all, against four.
+        assert!(
+            sleeping.worker_seconds < 3600,
+            "{}",
+            sleeping.worker_seconds
+        );
+        // The second task arrives to no worker: it waits for the next decision (the Lambda runs every two
+        // minutes) and a worker's start-up (one to two minutes).
+        assert_eq!(sleeping.cold_waits.len(), 1);
+        let wait = sleeping.cold_waits[0];
+        assert!((60..=LAMBDA_EVERY + 180).contains(&wait), "{wait}");
+        assert_eq!(always_on.cold_waits.len(), 0);
     }
 }

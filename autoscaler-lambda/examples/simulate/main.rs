@@ -3,14 +3,15 @@
 //!
 //! ```text
 //! cargo run -p autoscaler-lambda --example simulate --release -- \
-//!     [--seed N] [--max-workers N] [--concurrency C] [--vcpu X] [--memory-gb X]
+//!     [--seed N] [--max-workers N] [--concurrency C] [--vcpu X] [--memory-gb X] [--scale-to-zero-after S]
 //! cargo test -p autoscaler-lambda --examples
 //! ```
 //!
 //! Defaults: seed 42, 11 workers at most, C = 8 tasks per agent on 1 vCPU / 3 GB (the ECS agent task). The table has a row for
 //! the seed's policy at one task per agent (1 vCPU / 3 GB, `TARGET_MESSAGES_PER_WORKER=1`), ours at one task
 //! per agent (same size and target), and ours at C = 2, 4, 8, 16 and the chosen C with
-//! `TARGET_MESSAGES_PER_WORKER = C` on the chosen size, so the cost-versus-C curve shows. A sweep value whose
+//! `TARGET_MESSAGES_PER_WORKER = C` on the chosen size, so the cost-versus-C curve shows, and ours at the chosen
+//! C once more with scaling to zero off (`SCALE_TO_ZERO_AFTER_SECONDS=0`, default 900 s). A sweep value whose
 //! tasks do not fit the chosen size runs on the smallest Fargate size with the same vCPU that holds them
 //! (a note under the table says so); a chosen C that does not fit is refused with the figures, not run.
 //!
@@ -35,6 +36,9 @@
 //! - The sidecar samples every 10 s (`InFlight` is the tasks held, not the busy workers); CloudWatch keeps
 //!   the per-minute maximum of each metric; the Lambda fires every 2 minutes and ECS applies the new desired
 //!   count at once.
+//! - Ours lets the fleet sleep: after `SCALE_TO_ZERO_AFTER_SECONDS` of metrics showing nothing ready and
+//!   nothing in flight, its floor is zero instead of `MIN_WORKERS`; the next task scales it out again. The
+//!   seed's policy keeps `MIN_WORKERS`.
 //! - Scale-in stops workers that are still starting first, then idle ones. Under the seed's policy it then
 //!   stops busy ones, those that started work last first (the best case for ECS without scale-in
 //!   protection): their tasks go back to the queue (the broker redelivers them) and their work is lost. Our
@@ -79,6 +83,8 @@ struct Row {
     concurrency: u32,
     size: AgentSize,
     chosen: bool,
+    /// Whether ours may scale to zero (the seed's never does).
+    sleeps: bool,
 }
 
 /// A configuration and what its run measured.
@@ -126,6 +132,11 @@ fn arg<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
 fn run(row: Row, policy: Policy, tasks: &[trace::Task], seed: u64) -> Measured {
     let policy = Policy {
         target_per_worker: row.concurrency,
+        scale_to_zero_after_seconds: if row.sleeps {
+            policy.scale_to_zero_after_seconds
+        } else {
+            0
+        },
         ..policy
     };
     let agent = Agent {
@@ -165,6 +176,7 @@ fn try_main() -> Result<(), String> {
         min_workers: 1,
         max_workers: arg("--max-workers", 11)?,
         stabilization_seconds: 300,
+        scale_to_zero_after_seconds: arg("--scale-to-zero-after", 900)?,
     };
     if chosen == 0 || policy.max_workers == 0 {
         return Err("--concurrency and --max-workers must be at least 1".to_owned());
@@ -177,12 +189,14 @@ fn try_main() -> Result<(), String> {
             concurrency: 1,
             size: SEED_SIZE,
             chosen: false,
+            sleeps: false,
         },
         Row {
             kind: Kind::Ours,
             concurrency: 1,
             size: SEED_SIZE,
             chosen: chosen == 1,
+            sleeps: true,
         },
     ];
     let mut sweep: Vec<u32> = SWEEP
@@ -213,8 +227,20 @@ fn try_main() -> Result<(), String> {
                 concurrency,
                 size,
                 chosen: concurrency == chosen,
+                sleeps: true,
             });
         }
+    }
+    if policy.scale_to_zero_after_seconds > 0 {
+        // What sleeping saves: the chosen configuration again, never below MIN_WORKERS.
+        let awake = rows.iter().find(|row| row.chosen).map(|row| Row {
+            kind: Kind::Ours,
+            concurrency: row.concurrency,
+            size: row.size,
+            chosen: false,
+            sleeps: false,
+        });
+        rows.extend(awake);
     }
 
     let tasks = trace::trace(seed);
@@ -226,27 +252,30 @@ fn try_main() -> Result<(), String> {
     println!(
         "seed {seed}: {} tasks over 4 h; MIN_WORKERS={} MAX_WORKERS={} SCALE_IN_STABILIZATION_SECONDS={}; \
          Lambda every {LAMBDA_EVERY} s; worker start-up 60-120 s; {CPU_SECONDS_PER_TICK} CPU s per tick, \
-         {MEMORY_BASE_MB} MB + {MEMORY_PER_TASK_MB} MB per task (measured by bench/footprint.sh)",
+         {MEMORY_BASE_MB} MB + {MEMORY_PER_TASK_MB} MB per task (measured by bench/footprint.sh); \
+         ours: SCALE_TO_ZERO_AFTER_SECONDS={}",
         tasks.len(),
         policy.min_workers,
         policy.max_workers,
         policy.stabilization_seconds,
+        policy.scale_to_zero_after_seconds,
     );
     println!();
     println!(
-        "| policy | tasks/agent | agent size | target/worker | worker-minutes | cost per 1,000 tasks ($) | cost vs seed | p50 wait (min) | p95 wait (min) | busy workers stopped (work lost, min) | scale-ins below the busy count | peak CPU per agent (vCPU) |"
+        "| policy | tasks/agent | agent size | target/worker | worker-minutes | cost per 1,000 tasks ($) | cost vs seed | p50 wait (min) | p95 wait (min) | busy workers stopped (work lost, min) | scale-ins below the busy count | peak CPU per agent (vCPU) | wakes from zero (longest wait, min) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let baseline = measured[0].usd_per_thousand;
     for m in &measured {
         let name = match (m.row.kind, m.row.chosen) {
             (Kind::Seed, _) => "seed's",
-            (Kind::Ours, false) => "ours",
+            (Kind::Ours, false) if m.row.sleeps => "ours",
+            (Kind::Ours, false) => "ours, never below MIN_WORKERS",
             (Kind::Ours, true) => "ours, chosen",
         };
         let never_done = tasks.len() - m.outcome.completed;
         println!(
-            "| {name}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {:.2} |",
+            "| {name}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {:.2} | {} ({}) |",
             if never_done > 0 {
                 format!(" ({never_done} never done)")
             } else {
@@ -265,12 +294,14 @@ fn try_main() -> Result<(), String> {
             m.outcome.lost_work_seconds / 60,
             m.outcome.decisions_below_busy,
             m.outcome.peak_cpu_demand,
+            m.outcome.wakes,
+            minutes(m.outcome.cold_waits.iter().copied().max().unwrap_or(0)),
         );
     }
     println!();
     println!(
         "seed's: ceil(ready / target), scale in at once, no scale-in protection. ours: ceil((ready + in \
-         flight) / target), scale in to the 5-min max, agents protected while busy."
+         flight) / target), scale in to the 5-min max, agents protected while busy, floor 0 after the idle span."
     );
     for note in notes {
         println!("{note}");

@@ -86,6 +86,7 @@ impl Fleet {
                 min_workers: 1,
                 max_workers: 11,
                 stabilization_seconds: 300,
+                scale_to_zero_after_seconds: 900,
             },
             dry_run: false,
         };

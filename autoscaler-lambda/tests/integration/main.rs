@@ -53,6 +53,59 @@ async fn a_busy_fleet_over_an_empty_queue_keeps_its_busy_workers() {
 }
 
 #[tokio::test]
+async fn a_fleet_idle_for_the_whole_span_sleeps_at_zero_and_the_next_task_wakes_it() {
+    let fleet = Fleet::create(1).await;
+    let now = unix_now();
+    // The sidecar's points over the last 16 minutes: nothing queued, nothing in flight.
+    for minute in 0..16 {
+        fleet.put_metrics(now - 30 - minute * 60, 0.0, 0.0).await;
+    }
+    let cloud = AwsCloud::new(&fleet.config, &fleet.settings);
+
+    let asleep = decide_and_apply(&cloud, &fleet.settings, now)
+        .await
+        .unwrap();
+    assert_eq!((asleep.previous, asleep.desired), (1, 0), "{asleep:?}");
+    assert!(
+        asleep.reason.contains("the floor is 0, not MIN_WORKERS=1"),
+        "{}",
+        asleep.reason
+    );
+    assert_eq!(fleet.desired_count().await, 0);
+
+    // A task is published: the sidecar's next point shows it ready.
+    fleet.put_metrics(now - 10, 1.0, 0.0).await;
+    let awake = decide_and_apply(&cloud, &fleet.settings, now)
+        .await
+        .unwrap();
+    assert_eq!((awake.previous, awake.desired), (0, 1), "{awake:?}");
+    assert_eq!(fleet.desired_count().await, 1);
+    fleet.delete().await;
+}
+
+#[tokio::test]
+async fn a_fleet_with_a_hole_in_its_metrics_keeps_its_floor() {
+    let fleet = Fleet::create(1).await;
+    let now = unix_now();
+    // Quiet, but the sidecar put nothing between 11 and 5 minutes ago.
+    for minute in (0..5).chain(11..16) {
+        fleet.put_metrics(now - 30 - minute * 60, 0.0, 0.0).await;
+    }
+    let cloud = AwsCloud::new(&fleet.config, &fleet.settings);
+
+    let decision = decide_and_apply(&cloud, &fleet.settings, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        (decision.previous, decision.desired),
+        (1, 1),
+        "{decision:?}"
+    );
+    assert_eq!(fleet.desired_count().await, 1);
+    fleet.delete().await;
+}
+
+#[tokio::test]
 async fn a_dry_run_leaves_the_moto_service_as_it_is() {
     let mut fleet = Fleet::create(2).await;
     fleet.settings.dry_run = true;
