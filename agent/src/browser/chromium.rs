@@ -131,7 +131,9 @@ impl RunningBrowser {
             .build()
             .map_err(LaunchError::Config)?;
         let started = Instant::now();
-        let (mut browser, mut handler) = chromiumoxide::Browser::launch(config).await?;
+        let (mut browser, mut handler) = chromiumoxide::Browser::launch(config)
+            .await
+            .map_err(LaunchError::from_launch)?;
         let pid = browser
             .get_mut_child()
             .and_then(|child| child.as_mut_inner().id());

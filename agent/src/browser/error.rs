@@ -128,7 +128,73 @@ pub enum LaunchError {
     /// chromiumoxide rejected the configuration.
     #[error("invalid Chromium configuration: {0}")]
     Config(String),
+    /// Chromium stopped because it could not set up its sandbox: the runtime refuses the user namespaces
+    /// the sandbox is built on (a container's default seccomp profile does).
+    #[error(
+        "Chromium cannot start its sandbox: this runtime refuses the user namespaces it needs. On Docker, \
+         run the agent with the seccomp profile docker/agent-seccomp.json, as docker-compose.yml does \
+         (docs/security.md)"
+    )]
+    NoSandbox,
     /// The process did not start or did not expose its DevTools endpoint.
     #[error("Chromium failed to launch: {0}")]
     Launch(#[from] CdpError),
+}
+
+impl LaunchError {
+    /// What a failed `Browser::launch` means: [`LaunchError::NoSandbox`] when Chromium's output says it
+    /// found no usable sandbox, [`LaunchError::Launch`] otherwise.
+    pub fn from_launch(error: CdpError) -> Self {
+        let stderr = match &error {
+            CdpError::LaunchExit(_, stderr)
+            | CdpError::LaunchTimeout(stderr)
+            | CdpError::LaunchIo(_, stderr) => stderr.as_slice(),
+            _ => &[],
+        };
+        if stderr
+            .windows(NO_USABLE_SANDBOX.len())
+            .any(|w| w == NO_USABLE_SANDBOX)
+        {
+            Self::NoSandbox
+        } else {
+            Self::Launch(error)
+        }
+    }
+}
+
+/// What Chromium prints before it exits when neither user namespaces nor its setuid helper are available.
+const NO_USABLE_SANDBOX: &[u8] = b"No usable sandbox";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chromiumoxide::error::BrowserStderr;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    fn exited(stderr: &str) -> CdpError {
+        CdpError::LaunchExit(
+            ExitStatus::from_raw(133 << 8),
+            BrowserStderr::new(stderr.as_bytes().to_vec()),
+        )
+    }
+
+    #[test]
+    fn chromium_without_a_usable_sandbox_is_named_with_its_fix() {
+        let error = LaunchError::from_launch(exited(
+            "[1:1:FATAL:zygote_host_impl_linux.cc(128)] No usable sandbox! If you are running on ...",
+        ));
+        assert!(matches!(error, LaunchError::NoSandbox), "{error:?}");
+        assert!(
+            error.to_string().contains("docker/agent-seccomp.json"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn any_other_launch_failure_keeps_chromiums_own_words() {
+        let error = LaunchError::from_launch(exited("cannot open display"));
+        assert!(matches!(error, LaunchError::Launch(_)), "{error:?}");
+        assert!(error.to_string().contains("cannot open display"), "{error}");
+    }
 }
