@@ -132,6 +132,7 @@ impl Application {
             hub,
             draining: draining.clone(),
             figures: Default::default(),
+            openapi: Default::default(),
         });
         Ok(Self {
             listener,

@@ -34,6 +34,8 @@ pub struct Inner {
     pub draining: CancellationToken,
     /// The fleet's figures of `GET /queue`, shared for a second.
     pub figures: crate::routes::queue::FiguresCache,
+    /// The body of `GET /openapi.json`, built on its first request.
+    pub openapi: std::sync::OnceLock<axum::body::Bytes>,
 }
 
 impl AppState {

@@ -3,8 +3,10 @@
 //! fuzzer agrees with the server.
 
 use crate::state::AppState;
-use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -81,12 +83,18 @@ impl Modify for BearerAuth {
 #[derive(Debug)]
 pub struct ApiDoc;
 
-/// Serve the document for this gateway's limits.
-pub async fn openapi(State(state): State<AppState>) -> Json<Value> {
-    Json(document(
-        state.settings.max_mandate_chars,
-        state.settings.max_ticks_per_task,
-    ))
+/// Serve the document for this gateway's limits, built on the first request and kept (the limits do not
+/// change while the gateway runs).
+pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    let body = state.openapi.get_or_init(|| {
+        let document = document(
+            state.settings.max_mandate_chars,
+            state.settings.max_ticks_per_task,
+        );
+        // A `Value` always serialises.
+        Bytes::from(serde_json::to_vec(&document).unwrap_or_default())
+    });
+    ([(CONTENT_TYPE, "application/json")], body.clone())
 }
 
 /// The answers every route behind a bearer token may give besides its own: the token is missing or
