@@ -1,7 +1,7 @@
 //! Helpers for the tests against moto: an SDK configuration aimed at it (dummy credentials set here, not
 //! taken from the environment), and an ECS service and metric namespace unique to each test.
 
-use autoscaler_lambda::{Policy, Settings};
+use autoscaler_lambda::{AutoscaleError, AwsCloud, Decision, Policy, Settings, decide_and_apply};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
@@ -149,6 +149,13 @@ impl Fleet {
             .send()
             .await
             .expect("put metrics into moto");
+    }
+
+    /// Makes one decision at `now` (unix seconds) for this fleet, through the real SDK clients, and
+    /// carries it out.
+    pub async fn decide(&self, now: i64) -> Result<Decision, AutoscaleError> {
+        let cloud = AwsCloud::new(&self.config, &self.settings);
+        decide_and_apply(&cloud, &self.settings, now).await
     }
 
     /// The service's desired count as DescribeServices reports it.

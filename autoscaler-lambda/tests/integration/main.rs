@@ -18,10 +18,7 @@ async fn the_handler_scales_a_moto_service_to_the_queue_metrics() {
     let now = unix_now();
     fleet.put_metrics(now - 30, 6.0, 2.0).await;
 
-    let cloud = AwsCloud::new(&fleet.config, &fleet.settings);
-    let decision = decide_and_apply(&cloud, &fleet.settings, now)
-        .await
-        .unwrap();
+    let decision = fleet.decide(now).await.unwrap();
 
     assert_eq!(
         (decision.previous, decision.desired),
@@ -38,10 +35,7 @@ async fn a_busy_fleet_over_an_empty_queue_keeps_its_busy_workers() {
     let now = unix_now();
     fleet.put_metrics(now - 30, 0.0, 4.0).await;
 
-    let cloud = AwsCloud::new(&fleet.config, &fleet.settings);
-    let decision = decide_and_apply(&cloud, &fleet.settings, now)
-        .await
-        .unwrap();
+    let decision = fleet.decide(now).await.unwrap();
 
     assert_eq!(
         (decision.previous, decision.desired),
@@ -60,11 +54,7 @@ async fn a_fleet_idle_for_the_whole_span_sleeps_at_zero_and_the_next_task_wakes_
     for minute in 0..16 {
         fleet.put_metrics(now - 30 - minute * 60, 0.0, 0.0).await;
     }
-    let cloud = AwsCloud::new(&fleet.config, &fleet.settings);
-
-    let asleep = decide_and_apply(&cloud, &fleet.settings, now)
-        .await
-        .unwrap();
+    let asleep = fleet.decide(now).await.unwrap();
     assert_eq!((asleep.previous, asleep.desired), (1, 0), "{asleep:?}");
     assert!(
         asleep.reason.contains("the floor is 0, not MIN_WORKERS=1"),
@@ -75,9 +65,7 @@ async fn a_fleet_idle_for_the_whole_span_sleeps_at_zero_and_the_next_task_wakes_
 
     // A task is published: the sidecar's next point shows it ready.
     fleet.put_metrics(now - 10, 1.0, 0.0).await;
-    let awake = decide_and_apply(&cloud, &fleet.settings, now)
-        .await
-        .unwrap();
+    let awake = fleet.decide(now).await.unwrap();
     assert_eq!((awake.previous, awake.desired), (0, 1), "{awake:?}");
     assert_eq!(fleet.desired_count().await, 1);
     fleet.delete().await;
@@ -91,11 +79,7 @@ async fn a_fleet_with_a_hole_in_its_metrics_keeps_its_floor() {
     for minute in (0..5).chain(11..16) {
         fleet.put_metrics(now - 30 - minute * 60, 0.0, 0.0).await;
     }
-    let cloud = AwsCloud::new(&fleet.config, &fleet.settings);
-
-    let decision = decide_and_apply(&cloud, &fleet.settings, now)
-        .await
-        .unwrap();
+    let decision = fleet.decide(now).await.unwrap();
     assert_eq!(
         (decision.previous, decision.desired),
         (1, 1),
@@ -112,10 +96,7 @@ async fn a_dry_run_leaves_the_moto_service_as_it_is() {
     let now = unix_now();
     fleet.put_metrics(now - 30, 9.0, 0.0).await;
 
-    let cloud = AwsCloud::new(&fleet.config, &fleet.settings);
-    let decision = decide_and_apply(&cloud, &fleet.settings, now)
-        .await
-        .unwrap();
+    let decision = fleet.decide(now).await.unwrap();
 
     assert_eq!(decision.desired, 9);
     assert!(
@@ -131,10 +112,7 @@ async fn a_dry_run_leaves_the_moto_service_as_it_is() {
 async fn without_metric_data_the_moto_service_is_left_alone() {
     let fleet = Fleet::create(3).await;
 
-    let cloud = AwsCloud::new(&fleet.config, &fleet.settings);
-    let decision = decide_and_apply(&cloud, &fleet.settings, unix_now())
-        .await
-        .unwrap();
+    let decision = fleet.decide(unix_now()).await.unwrap();
 
     assert_eq!((decision.previous, decision.desired), (3, 3));
     assert!(

@@ -263,17 +263,20 @@ fn child_probes_refused_system_calls() {
             tv_nsec: 0,
         },
     );
-    let euid = std::fs::metadata("/proc/self")
-        .map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m));
     println!(
         "{REPORT}{}",
         serde_json::json!({
-            "euid": euid,
+            "euid": effective_uid(),
             "mount": errno(mount),
             "setns": errno(setns),
             "clock_settime": errno(clock),
         })
     );
+}
+
+/// This process's effective user id: `/proc/self` belongs to it.
+fn effective_uid() -> u32 {
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m))
 }
 
 /// Seccomp mode (0 none, 2 filter) of process `pid`.
@@ -317,12 +320,10 @@ async fn child_visits_a_page_and_reports_the_sandbox() {
         .into_iter()
         .filter_map(|pid| seccomp_mode(&pid.to_string()))
         .collect();
-    let euid = std::fs::metadata("/proc/self")
-        .map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m));
     println!(
         "{REPORT}{}",
         serde_json::json!({
-            "euid": euid,
+            "euid": effective_uid(),
             "own_seccomp": seccomp_mode("self"),
             "sandbox": format!("{:?}", Sandbox::for_this_process()),
             "launch": launch,
