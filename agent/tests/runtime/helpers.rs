@@ -7,8 +7,11 @@ use agent::worker::{Stopping, Worker, WorkerConfig};
 use agent::{ExecutionError, TaskContext, TaskExecutor, TickReporter};
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
+use lapin::Acker;
 use lapin::message::Delivery;
-use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicGetOptions, BasicNackOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use redis::aio::ConnectionManager;
 use shared::Keys;
@@ -326,6 +329,18 @@ impl TestEnv {
         }
         Ok(())
     }
+}
+
+/// Hands a delivered message back unanswered, as the broker sees it when the worker holding it dies: it is
+/// requeued, and the broker counts the delivery.
+pub async fn give_back(acker: &Acker) -> Result<()> {
+    acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await?;
+    Ok(())
 }
 
 /// Polls `probe` every 25 ms until it yields a value or `within` has passed.

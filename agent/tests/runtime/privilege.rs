@@ -9,15 +9,13 @@
 #[allow(dead_code)]
 mod accounts;
 
-use crate::helpers::{OWNER, TestEnv, poll};
+use crate::helpers::{OWNER, TestEnv, give_back, poll};
 use accounts::{Accounts, Published, configuration_allowed, is_access_refused, publish_as};
 use agent::sweeper::Sweeper;
 use agent::worker::{Handled, Stopping, Worker, WorkerConfig};
 use agent::{AgentSettings, Application, ExecutionError, Progress, TaskContext, TickReporter};
 use anyhow::{Context, Result};
-use lapin::options::{
-    BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use redis::aio::ConnectionManager;
@@ -218,13 +216,7 @@ async fn privilege_the_sweeper_fails_and_parks_dead_letters_with_the_agents_user
             )
             .await?
         {
-            message
-                .delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await?;
+            give_back(&message.delivery).await?;
         }
         Ok((env.ready(&dlq).await? == 1).then_some(()))
     })

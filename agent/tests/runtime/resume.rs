@@ -1,10 +1,9 @@
 //! Durable ticks: a redelivered task resumes after its last stored tick, with the state it had.
 
-use crate::helpers::{FnExecutor, TestEnv, result};
+use crate::helpers::{FnExecutor, TestEnv, give_back, result};
 use crate::steer::progress;
 use agent::worker::{Handled, Stopping};
 use agent::{Resume, TaskContext, TickReporter};
-use lapin::options::BasicNackOptions;
 use shared::Status;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,12 +28,7 @@ async fn first_delivery_dies_after(env: &TestEnv, id: Uuid, ticks: u32) -> anyho
         .await?;
     running.abort();
     // The worker is gone without answering; its connection closing gives the message back.
-    acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        })
-        .await?;
+    give_back(&acker).await?;
     Ok(())
 }
 
@@ -175,12 +169,7 @@ async fn a_task_running_past_its_time_limit_across_deliveries_is_stopped_and_fai
     env.wait_record(id, Duration::from_secs(5), |r| r.tick >= 9)
         .await?;
     running.abort();
-    acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        })
-        .await?;
+    give_back(&acker).await?;
 
     let second = env.worker_with(endless(), Stopping::default(), limit);
     let started = std::time::Instant::now();

@@ -3,11 +3,11 @@
 //! every dead letter the sweeper is done with moves from the DLQ into the parking queue, however long the
 //! DLQ is.
 
-use crate::helpers::{TestEnv, poll, rabbitmq_url};
+use crate::helpers::{TestEnv, give_back, poll, rabbitmq_url};
 use agent::sweeper::Sweeper;
 use anyhow::{Context, Result};
 use lapin::BasicProperties;
-use lapin::options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::AMQPValue;
 use shared::Status;
 use shared::store::Transition;
@@ -38,13 +38,7 @@ async fn exhaust_deliveries(env: &TestEnv, dlq_depth: u32) -> Result<()> {
             .basic_get(queue.as_str().into(), BasicGetOptions::default())
             .await?
         {
-            message
-                .delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await?;
+            give_back(&message.delivery).await?;
         }
         Ok((env.ready(&dlq).await? == dlq_depth).then_some(()))
     })

@@ -1,6 +1,6 @@
 //! The worker driven one delivery at a time (`try_execute_task`) against the real Redis and RabbitMQ.
 
-use crate::helpers::{FnExecutor, TestEnv, poll, result};
+use crate::helpers::{FnExecutor, TestEnv, give_back, poll, result};
 use agent::executor::ExecutionError;
 use agent::worker::{DELIVERY_COUNT_HEADER, Handled, Stopping};
 use lapin::options::BasicPublishOptions;
@@ -243,13 +243,7 @@ async fn a_task_whose_workers_keep_dying_ends_failed_once_its_deliveries_are_exh
         let delivery = env.next_delivery().await?;
         env.advance(id, &[Transition::to(Status::Accepted).counting_attempt()])
             .await?;
-        delivery
-            .acker
-            .nack(lapin::options::BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await?;
+        give_back(&delivery.acker).await?;
     }
     let worker = env.worker(env.scripted("w").await?, Stopping::default());
 
@@ -274,13 +268,7 @@ async fn deliveries_no_worker_recorded_do_not_count_against_the_task() -> anyhow
     // Two deliveries end before any worker stored its take (the broker counts them, the record does not).
     for _ in 0..2 {
         let delivery = env.next_delivery().await?;
-        delivery
-            .acker
-            .nack(lapin::options::BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await?;
+        give_back(&delivery.acker).await?;
     }
     let worker = env.worker(env.scripted("w").await?, Stopping::default());
 
