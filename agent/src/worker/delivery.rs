@@ -7,11 +7,6 @@ use lapin::types::AMQPValue;
 use shared::queue::{Origin, REQUEST_ID_HEADER};
 use shared::telemetry::{TRACEPARENT, TraceParent};
 
-/// The header in which quorum queues count earlier deliveries of a message. The worker does not read it:
-/// the broker sets it on a redelivery, but on a first delivery it is whatever the publisher wrote. The
-/// task record counts deliveries instead (see [`super`]).
-pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
-
 /// How a delivery is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {

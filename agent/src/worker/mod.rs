@@ -24,7 +24,6 @@ mod execute;
 mod in_hand;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
-pub use delivery::DELIVERY_COUNT_HEADER;
 pub use in_hand::{CANCEL_POLL, InHand, TaskInHand};
 
 use crate::executor::{Resume, TaskContext, TaskExecutor, TickFeed, TickReporter};

@@ -2,7 +2,7 @@
 
 use crate::helpers::{FnExecutor, TestEnv, give_back, poll, result};
 use agent::executor::ExecutionError;
-use agent::worker::{DELIVERY_COUNT_HEADER, Handled, Stopping};
+use agent::worker::{Handled, Stopping};
 use lapin::options::BasicPublishOptions;
 use lapin::types::AMQPValue;
 use shared::Status;
@@ -13,6 +13,9 @@ use std::time::Duration;
 
 /// What an executor that refuses every task says.
 const REFUSED: &str = "refused before the first tick";
+/// The header in which quorum queues count earlier deliveries of a message: the broker sets it on a
+/// redelivery, but on a first delivery it holds whatever the publisher wrote, so the worker never reads it.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// An executor that fails every task at once, fatally, before its first tick.
 struct Refusing;
